@@ -1,0 +1,123 @@
+"""Self-describing checkpoints: the config, weights, optimiser, RNG and calibration in one file.
+
+A checkpoint rebuilds its model without the original command line: the config says how to build
+the network and the state dict (teacher included) fills it, so no weights are fetched again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.network import ReverseDistillation
+from rdad import __version__
+from rdad.metadata import Calibration
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run. Defaults are the paper's / official code's."""
+
+    data: str = ""
+    out: str = "runs/rdad"
+    backbone: str = "wide_resnet50_2"
+    image_size: int = 256
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.5, 0.999)
+    teacher_weights: str = "imagenet"
+    seed: int = 0
+    holdout_fraction: float = 0.1
+    min_holdout: int = 4
+    threshold_percentile: float = 99.0
+    pixel_threshold_percentile: float = 99.9
+    anomaly_map_mode: str = "sum"
+    sigma: float = 4.0
+    device: str = "auto"
+    amp: bool = True
+    """Mixed precision (float16 autocast + grad scaling); only ever used on CUDA."""
+    checkpoint_every: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        if "betas" in known:
+            known["betas"] = tuple(known["betas"])
+        return cls(**known)
+
+
+def build_model(cfg: TrainConfig, *, load_teacher: bool = True) -> ReverseDistillation:
+    """Build the network of ``cfg``; ``load_teacher=False`` skips the teacher weight source
+    (used when a state dict with the teacher follows)."""
+    return ReverseDistillation(
+        backbone=cfg.backbone,
+        image_size=cfg.image_size,
+        teacher_weights=cfg.teacher_weights if load_teacher else None,
+        seed=cfg.seed,
+        anomaly_map_mode=cfg.anomaly_map_mode,
+        sigma=cfg.sigma,
+    )
+
+
+def save_checkpoint(path: Path, **payload: Any) -> None:
+    """Atomic write: a crash mid-save never leaves a truncated checkpoint behind."""
+    payload.setdefault("format", CHECKPOINT_FORMAT)
+    payload.setdefault("rdad_version", __version__)
+    if isinstance(payload.get("config"), TrainConfig):
+        payload["config"] = asdict(payload["config"])
+    if isinstance(payload.get("calibration"), Calibration):
+        payload["calibration"] = asdict(payload["calibration"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # weights_only=False: our own files hold numpy RNG state and plain dicts.
+    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an rdad checkpoint (format {ckpt.get('format')!r})")
+    return ckpt
+
+
+def load_model(path: Path) -> tuple[ReverseDistillation, dict[str, Any]]:
+    """Rebuild the eval-mode model of a checkpoint; returns ``(model, checkpoint_dict)``."""
+    ckpt = read_checkpoint(path)
+    model = build_model(TrainConfig.from_dict(ckpt["config"]), load_teacher=False)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def checkpoint_calibration(ckpt: dict[str, Any]) -> Calibration | None:
+    raw = ckpt.get("calibration")
+    return Calibration(**raw) if raw else None
+
+
+@torch.inference_mode()
+def predict(
+    model: ReverseDistillation, images: np.ndarray, *, batch_size: int = 16, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``(N, S, S, 3)`` → maps ``(N, S, S)`` float32 and scores ``(N,)`` float32."""
+    model.eval().to(device)
+    maps, scores = [], []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        out = model(batch.to(device))
+        maps.append(out.anomaly_map.float().cpu().numpy())
+        scores.append(out.score.float().cpu().numpy())
+    if not maps:
+        size = model.image_size
+        return np.zeros((0, size, size), np.float32), np.zeros((0,), np.float32)
+    return np.concatenate(maps), np.concatenate(scores)

@@ -1,0 +1,39 @@
+"""``rdad export``: checkpoint → one ONNX file with its metadata, after a parity check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rdad.commands._common import add_command, expected_errors, setup_logging
+
+EXAMPLES = """\
+  rdad export runs/bottle/checkpoint.pt --out models/bottle.onnx
+  rdad export runs/bottle/checkpoint.pt --out models/bottle_fp16.onnx --precision fp16
+      half-precision graph (float32/uint8 I/O) for GPUs
+"""
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = add_command(
+        subparsers,
+        name,
+        help_text,
+        description="Export a calibrated checkpoint to ONNX: uint8 (B,H,W,3) RGB in, anomaly_map "
+        "(B,H,W) and score (B) out, metadata (calibration, backbone, teacher, data) inside. "
+        "The file is written only if torch and ONNX Runtime agree (parity check).",
+        examples=EXAMPLES,
+    )
+    p.add_argument("checkpoint", type=Path, help="OUT/checkpoint.pt from rdad train")
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.export import ExportError, export_onnx
+
+    setup_logging()
+    with expected_errors(ExportError, FileNotFoundError, ValueError):
+        export_onnx(args.checkpoint, args.out, args.precision)
+    return 0

@@ -1,0 +1,110 @@
+"""``rdad train``: images of good parts → a calibrated checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rdad.commands._common import add_command, expected_errors, setup_logging
+
+EXAMPLES = """\
+  rdad train --data datasets/mvtec/bottle --out runs/bottle
+      paper defaults: wide_resnet50_2, ImageNet teacher, 256 px, 200 epochs, batch 16
+  rdad train --data photos/good --out runs/line3 --backbone resnet18 --epochs 50
+  rdad train --data bottle --out runs/b --backbone resnet18 --teacher-weights teacher.pth
+      offline: a local torchvision state-dict file as teacher
+  rdad train --out runs/bottle --resume
+      continue an interrupted run from runs/bottle/last.pt
+"""
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    from model.backbones import BACKBONES
+    from model.checkpoint import TrainConfig
+
+    d = TrainConfig()
+    p = add_command(
+        subparsers,
+        name,
+        help_text,
+        description="Train a Reverse Distillation model on good images (MVTec layout or a plain "
+        "folder), calibrate thresholds on held-out good images, write OUT/checkpoint.pt "
+        "(and OUT/last.pt every --checkpoint-every epochs).",
+        examples=EXAMPLES,
+    )
+    p.add_argument(
+        "--data", type=Path, help="MVTec-layout folder (train/good) or folder of good images"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone)
+    p.add_argument(
+        "--image-size", type=int, default=d.image_size, help="square input size (multiple of 32)"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument(
+        "--teacher-weights",
+        default=d.teacher_weights,
+        metavar="imagenet|random|PATH",
+        help="teacher source: torchvision ImageNet weights (cache, then download), a local "
+        "state-dict file, or seeded random (tests only; prints a warning)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=d.holdout_fraction,
+        help="fraction of good images kept out of training for calibration",
+    )
+    p.add_argument(
+        "--threshold-percentile",
+        type=float,
+        default=d.threshold_percentile,
+        help="image threshold = this percentile of held-out good scores",
+    )
+    p.add_argument("--pixel-threshold-percentile", type=float, default=d.pixel_threshold_percentile)
+    p.add_argument("--anomaly-map-mode", choices=("sum", "product"), default=d.anomaly_map_mode)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="EPOCHS")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/last.pt (its config wins)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.backbones import TeacherWeightsError
+    from model.checkpoint import TrainConfig
+    from model.data import DatasetError
+    from model.train import train
+    from rdad.cli import CommandError
+
+    setup_logging()
+    if not args.resume and args.data is None:
+        raise CommandError("--data is required (unless --resume)")
+    cfg = TrainConfig(
+        data=str(args.data or ""),
+        out=str(args.out),
+        backbone=args.backbone,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        teacher_weights=args.teacher_weights,
+        seed=args.seed,
+        holdout_fraction=args.holdout_fraction,
+        threshold_percentile=args.threshold_percentile,
+        pixel_threshold_percentile=args.pixel_threshold_percentile,
+        anomaly_map_mode=args.anomaly_map_mode,
+        device=args.device,
+        amp=not args.no_amp,
+        checkpoint_every=args.checkpoint_every,
+    )
+    if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+        raise CommandError("--epochs must be ≥ 0, --batch-size and --checkpoint-every ≥ 1")
+    with expected_errors(DatasetError, TeacherWeightsError, FileNotFoundError, ValueError):
+        train(cfg, resume=args.resume, progress=not args.no_progress)
+    return 0
