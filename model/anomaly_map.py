@@ -25,7 +25,8 @@ def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
 
 
 class GaussianBlur(nn.Module):
-    """Separable Gaussian blur of ``(B, 1, H, W)`` with reflect padding (scipy's default mode).
+    """Separable Gaussian blur of ``(B, 1, H, W)`` with symmetric padding (scipy's default mode,
+    which the official code uses).
 
     The kernel is built once and registered as a buffer, so it moves with ``.to()`` and is exported
     as a constant rather than rebuilt on every forward.
@@ -40,12 +41,19 @@ class GaussianBlur(nn.Module):
         self.register_buffer("kernel_h", kernel.view(1, 1, 1, -1), persistent=False)
         self.register_buffer("kernel_v", kernel.view(1, 1, -1, 1), persistent=False)
 
+    @staticmethod
+    def _pad_symmetric(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+        # scipy's "reflect" mode repeats the edge sample (d c b a | a b c d | d c b a); torch's
+        # "reflect" does not, so build the symmetric padding from flipped slices.
+        head = x.narrow(dim, 0, r).flip(dim)
+        tail = x.narrow(dim, x.shape[dim] - r, r).flip(dim)
+        return torch.cat([head, x, tail], dim=dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` → same shape; needs ``H, W ≥ radius`` (16 for σ=4)."""
         r = self.radius
-        # Reflect padding needs r < size; replicate is the safe choice for maps smaller than that.
-        mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), self.kernel_h.to(x.dtype))
-        return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), self.kernel_v.to(x.dtype))
+        x = F.conv2d(self._pad_symmetric(x, r, 3), self.kernel_h.to(x.dtype))
+        return F.conv2d(self._pad_symmetric(x, r, 2), self.kernel_v.to(x.dtype))
 
 
 class AnomalyMap(nn.Module):
@@ -58,6 +66,8 @@ class AnomalyMap(nn.Module):
         self.image_size = image_size
         self.mode = mode
         self.blur = GaussianBlur(sigma)
+        if image_size <= self.blur.radius:
+            raise ValueError(f"image_size {image_size} too small for a σ={sigma} blur")
 
     def raw_map(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
         """Unsmoothed map ``(B, 1, H, W)``."""

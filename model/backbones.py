@@ -141,7 +141,12 @@ class Teacher(nn.Module):
             net.load_state_dict(_imagenet_state_dict(spec, backbone))
         elif weights not in (None, RANDOM):
             state = load_file_state_dict(Path(weights))
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatches raise even with strict=False
+                raise TeacherWeightsError(
+                    f"{weights} does not match torchvision {backbone}: wrong tensor shapes"
+                ) from exc
             bad_missing = [k for k in missing if not k.startswith("fc.")]
             if bad_missing or unexpected:
                 raise TeacherWeightsError(

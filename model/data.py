@@ -70,7 +70,7 @@ def good_training_images(root: Path) -> list[Path]:
     return files
 
 
-def test_samples(root: Path) -> list[Sample]:
+def list_test_samples(root: Path) -> list[Sample]:
     """All test images of an MVTec-layout folder with their defect type and mask path."""
     test_root = Path(root) / "test"
     if not test_root.is_dir():

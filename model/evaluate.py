@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from model import metrics
-from model.data import DatasetError, load_images, load_mask, test_samples
+from model.data import DatasetError, list_test_samples, load_images, load_mask
 from rdad.metadata import INPUT_NAME, OUTPUT_NAMES, Calibration, read_onnx_metadata
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -81,7 +81,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the whole test split of ``data`` and return the report dictionary (JSON-ready)."""
     model = load_for_eval(Path(model_path), batch_size=batch_size, device=device)
-    samples = test_samples(Path(data))
+    samples = list_test_samples(Path(data))
     loaded = load_images([s.path for s in samples], model.image_size)
     by_path = {s.path: s for s in samples}
     kept = [by_path[p] for p in loaded.paths]

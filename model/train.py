@@ -64,8 +64,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train, calibrate and write ``cfg.out/checkpoint.pt``; returns its path."""
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    epochs_override: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train, calibrate and write ``cfg.out/checkpoint.pt``; returns its path.
+
+    With ``resume``, everything comes from ``cfg.out/last.pt`` (config, weights, optimiser, RNG)
+    except the total number of epochs, which ``epochs_override`` may raise to extend a run.
+    """
     out = Path(cfg.out)
     last_path = out / "last.pt"
     resumed: dict[str, Any] | None = None
@@ -74,7 +84,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             raise FileNotFoundError(f"--resume: no {last_path} to continue from")
         resumed = read_checkpoint(last_path)
         cfg = TrainConfig.from_dict(resumed["config"])
-        log.info("resuming %s from epoch %d", last_path, resumed["epoch"])
+        if epochs_override is not None:
+            cfg.epochs = epochs_override
+        print(f"resuming {last_path} at epoch {resumed['epoch']} of {cfg.epochs}")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)

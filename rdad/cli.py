@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from rdad import __version__
+from rdad.errors import CommandError
+
+__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
 # name -> (module, one-line help). A plain dict registry; the order is the order in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,10 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("rdad.commands.predict", "send images to a running service and print the verdicts"),
     "bench": ("rdad.commands.bench", "measure raw ONNX Runtime throughput of a model"),
 }
-
-
-class CommandError(Exception):
-    """An expected failure: printed as one line on stderr, exit status 1, no traceback."""
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

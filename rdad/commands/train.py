@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     p.add_argument(
         "--image-size", type=int, default=d.image_size, help="square input size (multiple of 32)"
     )
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument(
+        "--epochs", type=int, help=f"default {d.epochs}; with --resume: extend the run to N"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument(
@@ -85,12 +87,13 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     if not args.resume and args.data is None:
         raise CommandError("--data is required (unless --resume)")
+    d = TrainConfig()
     cfg = TrainConfig(
         data=str(args.data or ""),
         out=str(args.out),
         backbone=args.backbone,
         image_size=args.image_size,
-        epochs=args.epochs,
+        epochs=d.epochs if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         teacher_weights=args.teacher_weights,
@@ -106,5 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
         raise CommandError("--epochs must be ≥ 0, --batch-size and --checkpoint-every ≥ 1")
     with expected_errors(DatasetError, TeacherWeightsError, FileNotFoundError, ValueError):
-        train(cfg, resume=args.resume, progress=not args.no_progress)
+        train(
+            cfg,
+            resume=args.resume,
+            epochs_override=args.epochs if args.resume else None,
+            progress=not args.no_progress,
+        )
     return 0

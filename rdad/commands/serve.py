@@ -1,0 +1,146 @@
+"""``rdad serve``: the HTTP inference service (FastAPI + ONNX Runtime, one process per GPU).
+
+Every flag is also an ``RDAD_*`` environment variable (``--max-batch-size`` ↔
+``RDAD_MAX_BATCH_SIZE``); a flag wins over its variable. Imports no torch, unless there is no model
+to serve and the embedded demo model has to be built first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from rdad.cli import CommandError
+from rdad.commands._common import add_command, setup_logging
+
+EXAMPLES = """\
+  rdad serve
+      no model yet: builds the embedded demo model (random teacher, synthetic parts) into
+      ~/.cache/rdad/models once, then serves it on http://127.0.0.1:8000
+  rdad serve --model-dir models/ --host 0.0.0.0 --port 8080
+      serve every models/NAME.onnx and models/NAME/model.onnx
+  RDAD_PROVIDERS=cuda,cpu RDAD_MAX_BATCH_SIZE=32 rdad serve --model-dir models/
+  rdad serve --model-dir models/ --tensorrt --max-delay-ms 2
+  curl -F file=@part.png http://127.0.0.1:8000/predict
+"""
+
+# (flag, Settings field, type, help). bool flags are tri-state: absent = keep the env/default.
+FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--model-dir", "model_dir", Path, "model repository (default ~/.cache/rdad/models)"),
+    ("--default-model", "default_model", str, "model answering POST /predict"),
+    ("--host", "host", str, "bind address (default 127.0.0.1; 0.0.0.0 in containers)"),
+    ("--port", "port", int, "TCP port (default 8000)"),
+    ("--max-batch-size", "max_batch_size", int, "images per inference batch (default 16)"),
+    ("--max-delay-ms", "max_delay_ms", float, "batch closes this long after its first image (5)"),
+    ("--max-queue", "max_queue", int, "queued images per model before 503 (default 256)"),
+    ("--request-timeout-s", "request_timeout_s", float, "per request, then 504 (default 30)"),
+    ("--providers", "providers", str, "execution providers in order (default tensorrt,cuda,cpu)"),
+    ("--tensorrt", "tensorrt", bool, "allow TensorRT (slow first start: engine build)"),
+    ("--device-id", "device_id", int, "GPU index (default 0)"),
+    ("--intra-op-threads", "intra_op_threads", int, "CPU provider threads (0 = ORT default)"),
+    ("--warmup-batch-sizes", "warmup_batch_sizes", str, "e.g. 1,8,16 (default: see README)"),
+    ("--cpu-workers", "cpu_workers", int, "decode/encode threads (0 = CPU count)"),
+    ("--max-upload-mb", "max_upload_mb", float, "request body limit, 413 beyond (default 50)"),
+    ("--max-files", "max_files", int, "files per request (default 16)"),
+    ("--max-pixels", "max_pixels", int, "per image, from the header (default 40000000)"),
+    ("--overlay-max-side", "overlay_max_side", int, "overlay PNG longest side (default 1024)"),
+    ("--auth-health", "auth_health", bool, "health routes need the API key too"),
+    ("--auth-metrics", "auth_metrics", bool, "/metrics needs the API key too"),
+    ("--drain-delay-s", "drain_delay_s", float, "after SIGTERM, serve on with /readyz 503 (2)"),
+    ("--grace-period-s", "grace_period_s", float, "SIGTERM to exit, at most (default 25)"),
+    ("--log-level", "log_level", str, "uvicorn log level (default info)"),
+    ("--access-log", "access_log", bool, "log every request (default on)"),
+]
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = add_command(
+        subparsers,
+        name,
+        help_text,
+        description="Serve ONNX models over HTTP: POST /predict, GET /models, /healthz, /readyz, "
+        "/metrics, /docs. Every option is also an RDAD_* environment variable (flags win); the "
+        "API key is only read from RDAD_API_KEY (a flag would show in `ps`).",
+        examples=EXAMPLES,
+    )
+    for flag, field, kind, help_text_ in FLAGS:
+        if kind is bool:
+            p.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, help=help_text_)
+        else:
+            p.add_argument(flag, dest=field, type=kind, help=help_text_)
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    overrides = {field: getattr(args, field) for _, field, _, _ in FLAGS}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise CommandError(f"invalid setting {field}: {first['msg']}") from None
+
+
+def _ensure_models(settings: Any, model_dir_given: bool) -> None:
+    """Refuse an empty explicit model folder; build the demo model into the default one."""
+    from service.errors import ModelLoadError
+    from service.registry import choose_default, discover_models
+
+    model_dir: Path = settings.model_dir
+    try:
+        found = discover_models(model_dir) if model_dir.is_dir() else {}
+        if not found and model_dir_given:
+            raise CommandError(
+                f"no models in {model_dir} (expected NAME.onnx or NAME/model.onnx); "
+                "omit --model-dir to build and serve the embedded demo model"
+            )
+        if not found:
+            from rdad.default_model import build_demo_model
+
+            print(f"rdad serve: no model in {model_dir}", flush=True)
+            build_demo_model(model_dir, say=lambda line: print(f"rdad serve: {line}", flush=True))
+            found = discover_models(model_dir)
+        choose_default(list(found), settings.default_model)
+    except ModelLoadError as exc:
+        raise CommandError(exc.detail) from None
+    print(f"rdad serve: serving {', '.join(found)} from {model_dir}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.server import GracefulServer, graceful_timeout
+
+    setup_logging()
+    settings = _settings(args)
+    _ensure_models(settings, args.model_dir is not None or bool(os.environ.get("RDAD_MODEL_DIR")))
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=graceful_timeout(settings.grace_period_s, settings.drain_delay_s),
+        lifespan="on",
+    )
+    server = GracefulServer(
+        config, on_drain=app.state.runtime.begin_drain, drain_delay_s=settings.drain_delay_s
+    )
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"rdad serve: starting on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model loading) fails
+        if exc.code not in (0, None):
+            raise CommandError("the service failed to start (see the error above)") from None
+        raise
+    return 0

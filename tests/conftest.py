@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny synthetic dataset, a 2-epoch resnet18 model trained on it (random
+teacher, 64 px), and its exported ONNX file — built once per session by the real code paths."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY_SIZE = 64
+# The tiny model every fast test shares: resnet18, random teacher (shape/speed only), 64 px.
+TINY_TRAIN = {
+    "backbone": "resnet18",
+    "image_size": TINY_SIZE,
+    "batch_size": 8,
+    "teacher_weights": "random",
+    "seed": 0,
+    "checkpoint_every": 1,
+}
+
+
+def shared_path(env: str, default: Path) -> Path:
+    """A path to shared test data; a missing one FAILS the test (never skips): CI provides it."""
+    path = Path(os.environ.get(env, default))
+    if not path.exists():
+        pytest.fail(f"{env}={path} does not exist: set {env} (.ci/run does) to run this test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"), image_size=TINY_SIZE, num_train=24, num_test=8
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(synthetic_data), out=str(tmp_path_factory.mktemp("run")), epochs=2, **TINY_TRAIN
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the deliberate "random teacher" warning
+        return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.export import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("models") / "tiny.onnx")

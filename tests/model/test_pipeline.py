@@ -1,0 +1,131 @@
+"""train → checkpoint → export → ONNX parity → eval, and resume, on the tiny synthetic model."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from model.checkpoint import TrainConfig, load_model, predict, read_checkpoint
+from model.evaluate import evaluate
+from model.export import ExportError, export_onnx, parity_images
+from model.train import train
+from rdad.metadata import METADATA_KEY, ModelMetadata, read_onnx_metadata
+from tests.conftest import TINY_SIZE, TINY_TRAIN
+
+
+def test_checkpoint_rebuilds_the_model_and_holds_config_and_calibration(
+    tiny_checkpoint: Path,
+) -> None:
+    ckpt = read_checkpoint(tiny_checkpoint)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    assert (cfg.backbone, cfg.image_size, cfg.epochs) == ("resnet18", TINY_SIZE, 2)
+    assert ckpt["teacher_source"] == "random" and ckpt["epoch"] == 2
+    assert len(ckpt["history"]) == 2
+    cal = ckpt["calibration"]
+    assert cal["num_images"] >= 2 and cal["image_threshold"] > 0
+    model, _ = load_model(tiny_checkpoint)
+    assert not model.training
+    images = parity_images(ckpt, TINY_SIZE)
+    _, scores = predict(model, images)
+    assert scores.shape == (len(images),) and np.all(np.isfinite(scores))
+    assert (tiny_checkpoint.parent / "last.pt").is_file()
+
+
+def test_onnx_graph_io_metadata_and_parity_at_other_batch_sizes(
+    tiny_onnx: Path, tiny_checkpoint: Path
+) -> None:
+    proto = onnx.load(str(tiny_onnx))
+    (inp,) = proto.graph.input
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", TINY_SIZE, TINY_SIZE, 3]
+    assert [o.name for o in proto.graph.output] == ["anomaly_map", "score"]
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = ModelMetadata.from_json(props[METADATA_KEY])
+    assert meta == read_onnx_metadata(tiny_onnx)
+    assert (meta.backbone, meta.image_size, meta.teacher_weights) == (
+        "resnet18",
+        TINY_SIZE,
+        "random",
+    )
+    ckpt = read_checkpoint(tiny_checkpoint)
+    assert meta.calibration is not None
+    assert meta.calibration.image_threshold == ckpt["calibration"]["image_threshold"]
+    assert meta.training["num_train"] + meta.training["num_holdout"] == 24
+
+    # Dynamic batch: batch sizes never seen at export agree with torch.
+    model, _ = load_model(tiny_checkpoint)
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch in (1, 5):
+        images = rng.integers(0, 256, (batch, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+        maps, scores = session.run(None, {"images": images})
+        ref_maps, ref_scores = predict(model, images)
+        assert maps.shape == (batch, TINY_SIZE, TINY_SIZE) and maps.dtype == np.float32
+        np.testing.assert_allclose(maps, ref_maps, atol=1e-4)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+
+
+def test_fp16_export_keeps_uint8_in_float32_out(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    path = export_onnx(tiny_checkpoint, tmp_path / "half.onnx", precision="fp16")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    assert [o.type for o in session.get_outputs()] == ["tensor(float)", "tensor(float)"]
+    assert read_onnx_metadata(path).precision == "fp16"
+    proto = onnx.load(str(path))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
+
+
+def test_export_refuses_when_parity_fails(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.export as export_module
+
+    real = export_module._ort_run
+
+    def drifted(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = real(path, images)
+        return maps + 0.01, scores
+
+    monkeypatch.setattr(export_module, "_ort_run", drifted)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_onnx(tiny_checkpoint, out)
+    assert not out.exists()
+
+
+def test_eval_of_onnx_equals_eval_of_checkpoint(
+    tiny_onnx: Path, tiny_checkpoint: Path, synthetic_data: Path
+) -> None:
+    onnx_report = evaluate(tiny_onnx, synthetic_data)
+    torch_report = evaluate(tiny_checkpoint, synthetic_data)
+    json.dumps(onnx_report)  # JSON-ready
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max"):
+        assert 0.0 <= onnx_report[key] <= 1.0
+        assert onnx_report[key] == pytest.approx(torch_report[key], abs=1e-3), key
+    assert set(onnx_report["per_defect"]) == {"scratch", "spot", "chunk"}
+    tm = onnx_report["threshold_metrics"]
+    assert tm["tp"] + tm["fp"] + tm["tn"] + tm["fn"] == onnx_report["num_images"] == 16
+
+
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(
+    tiny_checkpoint: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(data=str(synthetic_data), out=str(tmp_path), epochs=1, **TINY_TRAIN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        train(cfg, progress=False)  # "interrupted" after epoch 1
+        resumed = train(cfg, resume=True, epochs_override=2, progress=False)
+    a, b = read_checkpoint(tiny_checkpoint), read_checkpoint(resumed)
+    assert b["epoch"] == 2 and [h["epoch"] for h in b["history"]] == [1, 2]
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    for key in ("image_threshold", "pixel_threshold", "score_scale"):
+        assert b["calibration"][key] == pytest.approx(a["calibration"][key], rel=1e-5), key
