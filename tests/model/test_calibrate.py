@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def test_normalisation_puts_threshold_at_one_half_and_is_monotone() -> None:
     grid = np.linspace(scores.min() - 1, scores.max() + 1, 200)
     values = [cal.normalize(s) for s in grid]
     assert all(0.0 <= v <= 1.0 for v in values)
-    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(values))
     assert cal.normalize(float(np.median(scores))) < 0.5 < cal.normalize(scores.max() + 0.2)
     assert cal.normalize(1e300) == pytest.approx(1.0) and cal.normalize(-1e300) < 1e-20
 

@@ -38,7 +38,8 @@ def test_student_mirrors_teacher_shapes_for_every_backbone(backbone: str) -> Non
     net = make(backbone).train()
     teacher, student = net(images())
     expected = [
-        (2, c, SIZE // s, SIZE // s) for c, s in zip(BACKBONES[backbone].channels, (4, 8, 16))
+        (2, c, SIZE // s, SIZE // s)
+        for c, s in zip(BACKBONES[backbone].channels, (4, 8, 16), strict=True)
     ]
     assert [tuple(t.shape) for t in teacher] == expected
     assert [tuple(s.shape) for s in student] == expected
