@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,16 +117,20 @@ def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32"
         tmp_path = Path(tmp) / "model.onnx"
         # The TorchScript exporter is used on purpose: on this conv net it produces the same graph
         # as the dynamo exporter ~4x faster, which matters for the test suite and CI.
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(tmp_path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "You are using the legacy TorchScript", DeprecationWarning
+            )
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(tmp_path),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+                opset_version=OPSET,
+                dynamo=False,
+            )
         proto = onnx.load(str(tmp_path))
         meta = build_metadata(ckpt, precision)
         del proto.metadata_props[:]
