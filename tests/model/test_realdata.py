@@ -43,8 +43,8 @@ def test_bottle_train_export_eval_beats_the_untrained_baseline(tmp_path: Path) -
     report = evaluate(onnx_path, data)  # the exported graph, through ONNX Runtime
     print(f"untrained {baseline['image_auroc']:.3f} → trained {report['image_auroc']:.3f}")
     assert report["num_images"] == 83 and report["num_anomalous"] == 63
-    assert report["image_auroc"] >= baseline["image_auroc"] + 0.10
-    assert report["image_auroc"] >= 0.85
+    assert report["image_auroc"] >= baseline["image_auroc"] + 0.15
+    assert report["image_auroc"] >= 0.90  # measured: 0.784 untrained → 0.998 trained
     assert report["pixel_auroc"] >= 0.80
     # Calibrated on good images only, the threshold must still flag most defects.
     assert report["threshold_metrics"]["recall"] >= 0.5
