@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rdad.cli import CommandError
+from rdad.errors import CommandError
 
 DEMO_NAME = "demo"
 DEMO_IMAGE_SIZE = 128
@@ -39,7 +39,8 @@ def build_demo_model(model_dir: Path, *, say: Callable[[str], None] = print) -> 
     except ImportError:
         raise CommandError(
             "no model to serve and torch is not installed to build the demo model: give "
-            "--model-dir with NAME.onnx files, or install the train extra (pip install -e '.[train]')"
+            "--model-dir with NAME.onnx files, or install the train extra "
+            "(pip install -e '.[train]')"
         ) from None
     from model.export import export_onnx
     from model.synthetic import write_synthetic_dataset
@@ -49,7 +50,7 @@ def build_demo_model(model_dir: Path, *, say: Callable[[str], None] = print) -> 
     target = demo_model_path(model_dir)
     say(
         f"building the embedded demo model: resnet18, {DEMO_IMAGE_SIZE}px, {DEMO_EPOCHS} epochs on "
-        f"{DEMO_TRAIN_IMAGES} synthetic images, on CPU (about a minute, once)"
+        f"{DEMO_TRAIN_IMAGES} synthetic images, on CPU (a few minutes, once; cached)"
     )
     say(
         "WARNING: the demo model uses teacher_weights='random' (no pretrained teacher): it is fine "

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rdad.cli import CommandError
 from rdad.commands._common import add_command
+from rdad.errors import CommandError
 
 EXAMPLES = """\
   rdad predict --url http://127.0.0.1:8000 part1.png part2.jpg

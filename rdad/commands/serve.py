@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rdad.cli import CommandError
 from rdad.commands._common import add_command, setup_logging
+from rdad.errors import CommandError
 
 EXAMPLES = """\
   rdad serve
@@ -54,6 +54,16 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--access-log", "access_log", bool, "log every request (default on)"),
 ]
 
+_METAVARS = {
+    "model_dir": "DIR",
+    "default_model": "NAME",
+    "host": "HOST",
+    "port": "PORT",
+    "providers": "LIST",
+    "warmup_batch_sizes": "LIST",
+    "log_level": "LEVEL",
+}
+
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = add_command(
@@ -68,8 +78,10 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     for flag, field, kind, help_text_ in FLAGS:
         if kind is bool:
             p.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, help=help_text_)
-        else:
-            p.add_argument(flag, dest=field, type=kind, help=help_text_)
+            continue
+        # Short metavars: --max-batch-size N, --max-delay-ms MS, --model-dir DIR.
+        metavar = _METAVARS.get(field) or ("N" if kind is int else field.rsplit("_", 1)[-1].upper())
+        p.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text_)
     p.set_defaults(func=run)
 
 

@@ -1,0 +1,63 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds an app and does no work: models load (and a broken model folder
+fails the start) and warm up in the lifespan. Run it with one uvicorn worker per GPU
+(``rdad serve``); concurrency comes from the batcher, see :mod:`service.batcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from rdad import __version__
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
+from service.routes import health, metrics, models, predict
+from service.runtime import RunnerHook, ServiceRuntime
+from service.settings import Settings
+
+log = logging.getLogger("rdad.service")
+
+DESCRIPTION = """Industrial visual anomaly detection (Reverse Distillation) over ONNX Runtime.
+
+Send an image to `POST /predict` as multipart field `file` (or several as `files`); the answer
+holds the score, the verdict against the calibrated threshold and the heatmap PNG."""
+
+
+def create_app(
+    settings: Settings | None = None, *, runner_hook: RunnerHook | None = None
+) -> FastAPI:
+    """Build the service. ``runner_hook`` wraps each model's inference function (tests)."""
+    settings = settings or Settings()
+    runtime = ServiceRuntime(settings, Metrics(max_batch_size=settings.max_batch_size), runner_hook)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await runtime.start()
+        except BaseException:
+            await runtime.stop()
+            raise
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="rdad",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s
+    for module in (predict, models, health, metrics):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,233 @@
+"""Dynamic micro-batching: per model, a bounded asyncio queue feeding one inference thread.
+
+Why batching and not worker processes: a GPU runs a batch of 16 in little more than the time of
+one image, while N processes would each hold a copy of the model and its CUDA context and
+time-slice the device. So the service runs one process per GPU and gets its concurrency here.
+
+Policy. A batch closes when it holds ``max_batch_size`` images, or ``max_delay`` after its first
+image arrived, whichever comes first, but never while the previous batch is still running: under
+load the queue fills while the thread is busy and the next batch leaves full, with no added delay.
+Images from one request may be split over several batches and share them with other requests.
+
+Failure isolation. A full queue answers at once (503 + Retry-After) instead of queueing work that
+would time out; a request past its deadline is taken out of the queue if its batch has not started
+(504); an exception in the runner fails the requests of that batch only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.engine import InferenceOutput
+from service.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
+from service.metrics import ModelMetrics
+
+log = logging.getLogger("rdad.service.batcher")
+
+Runner = Callable[[np.ndarray], InferenceOutput]
+"""Runs a batch: uint8 ``(B, H, W, 3)`` → maps ``(B, H, W)`` and scores ``(B,)``."""
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    anomaly_map: np.ndarray
+    """float32 ``(H, W)`` at the model's resolution."""
+    score: float
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Item:
+    image: np.ndarray
+    future: asyncio.Future[ItemResult]
+    enqueued_at: float
+    started: bool = False
+    abandoned: bool = False  # the request stopped waiting (timeout, error, disconnect)
+
+
+class Batcher:
+    """Collects images of one model into batches and runs them on a dedicated thread."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: Runner,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        retry_after_s: int = 1,
+        metrics: ModelMetrics | None = None,
+    ) -> None:
+        self.name = name
+        self.runner = runner
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self.metrics = metrics
+        # One thread: an ORT session already uses every core (CPU) or the whole device (GPU);
+        # two concurrent runs would only contend. Warm-up runs on it too, before any request.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"rdad-infer-{name}")
+        self._pending: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = True
+        self._closed = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batch_task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._collect(), name=f"rdad-batcher-{self.name}")
+
+    async def infer(self, images: Sequence[np.ndarray], *, deadline: float) -> list[ItemResult]:
+        """Score ``images`` (each uint8 ``(H, W, 3)``) before ``deadline`` (``loop.time()`` clock).
+
+        All or nothing: the request is refused whole if its images do not fit in the queue.
+        """
+        if self._closed:
+            raise NotReadyError("the service is shutting down", retry_after_s=self.retry_after_s)
+        if len(self._pending) + len(images) > self.max_queue:
+            raise QueueFullError(
+                f"model '{self.name}' has {len(self._pending)} images queued (limit "
+                f"{self.max_queue}); retry later",
+                retry_after_s=self.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        items = [_Item(img, loop.create_future(), now) for img in images]
+        self._pending.extend(items)
+        self._update_depth()
+        self._wakeup.set()
+        futures = [item.future for item in items]
+        try:
+            _, waiting = await asyncio.wait(
+                futures, timeout=max(0.0, deadline - now), return_when=asyncio.FIRST_EXCEPTION
+            )
+            errors = [fut.exception() for fut in futures if fut.done()]  # marks all retrieved
+            first_error = next((e for e in errors if e is not None), None)
+            if first_error is not None:
+                raise first_error
+            if waiting:
+                raise RequestTimeoutError("the request timed out waiting for inference")
+            return [fut.result() for fut in futures]
+        finally:
+            self._abandon(items)
+
+    def _abandon(self, items: list[_Item]) -> None:
+        """Drop this request's images that have not started (no-op once all are done)."""
+        dropped = False
+        for item in items:
+            item.abandoned = True
+            if not item.started:
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(item)
+                    dropped = True
+        if dropped:
+            self._update_depth()
+            self._wakeup.set()
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            timeout: float | None = None
+            if self._pending and self._idle:
+                now = loop.time()
+                closes_at = self._pending[0].enqueued_at + self.max_delay_s
+                if len(self._pending) >= self.max_batch_size or now >= closes_at:
+                    self._launch()
+                    continue
+                timeout = closes_at - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _launch(self) -> None:
+        count = min(self.max_batch_size, len(self._pending))
+        batch = [self._pending.popleft() for _ in range(count)]
+        for item in batch:
+            item.started = True
+        self._update_depth()
+        self._idle = False
+        self._batch_task = asyncio.create_task(self._run(batch))
+
+    def _run_sync(self, images: list[np.ndarray]) -> tuple[InferenceOutput, float]:
+        stacked = np.stack(images)
+        start = time.perf_counter()
+        out = self.runner(stacked)
+        elapsed = time.perf_counter() - start
+        n = len(images)
+        if out.anomaly_map.shape[0] != n or out.score.shape[0] != n:
+            raise RuntimeError(f"runner returned {out.score.shape[0]} results for {n} images")
+        return out, elapsed
+
+    async def _run(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            out, inference_s = await loop.run_in_executor(
+                self.executor, self._run_sync, [item.image for item in batch]
+            )
+        except Exception as exc:
+            log.error(
+                "model %s: inference failed for a batch of %d", self.name, len(batch), exc_info=exc
+            )
+            if self.metrics:
+                self.metrics.inference_failures.inc()
+            error = InferenceError(
+                f"inference failed on model '{self.name}'; the service is still up"
+            )
+            for item in batch:
+                if not item.abandoned and not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            if self.metrics:
+                self.metrics.inference.observe(inference_s)
+                self.metrics.batch_size.observe(len(batch))
+            for k, item in enumerate(batch):
+                queue_s = started - item.enqueued_at
+                if self.metrics:
+                    self.metrics.queue_wait.observe(queue_s)
+                if not item.future.done():
+                    result = ItemResult(
+                        out.anomaly_map[k], float(out.score[k]), queue_s, inference_s, len(batch)
+                    )
+                    item.future.set_result(result)
+        finally:
+            self._idle = True
+            self._wakeup.set()
+
+    def _update_depth(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(len(self._pending))
+
+    async def close(self, timeout_s: float) -> None:
+        """Finish queued and running work (bounded by ``timeout_s``), then stop the thread."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while (self._pending or not self._idle) and loop.time() < end:
+            await asyncio.sleep(0.01)
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(NotReadyError("the service is shutting down"))
+        self._pending.clear()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,52 @@
+"""FastAPI dependencies: the runtime, and the optional API key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import UnauthorizedError
+from service.runtime import ServiceRuntime
+
+# Dependencies are async on purpose: FastAPI runs sync ones in a thread pool, a needless hop here.
+# auto_error=False: a missing header must give our 401 JSON, not FastAPI's default 403.
+_bearer = HTTPBearer(auto_error=False, description="RDAD_API_KEY, when the server sets one")
+
+
+async def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _check(runtime: ServiceRuntime, credentials: HTTPAuthorizationCredentials | None) -> None:
+    key = runtime.settings.api_key
+    if key is None:
+        return
+    token = credentials.credentials if credentials is not None else ""
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    if not hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+        raise UnauthorizedError("missing or invalid API key: send 'Authorization: Bearer <key>'")
+
+
+async def require_api_key(runtime: RuntimeDep, credentials: Credentials) -> None:
+    """Predict and model routes: need the key whenever ``RDAD_API_KEY`` is set."""
+    _check(runtime, credentials)
+
+
+async def require_key_for_health(runtime: RuntimeDep, credentials: Credentials) -> None:
+    """Health routes: open unless ``RDAD_AUTH_HEALTH`` is true (probes rarely carry keys)."""
+    if runtime.settings.auth_health:
+        _check(runtime, credentials)
+
+
+async def require_key_for_metrics(runtime: RuntimeDep, credentials: Credentials) -> None:
+    """``/metrics``: open unless ``RDAD_AUTH_METRICS`` is true."""
+    if runtime.settings.auth_metrics:
+        _check(runtime, credentials)

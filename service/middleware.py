@@ -1,0 +1,99 @@
+"""Pure ASGI middlewares: the upload size limit, and request metrics (which see every answer)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response
+from service.runtime import ServiceRuntime
+
+
+class UploadTooLarge(HTTPException):
+    """Raised from ``receive`` once a streamed body passes the limit. An ``HTTPException`` because
+    FastAPI re-raises those from body parsing (anything else becomes a 400 "error parsing body")."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the upload limit of {limit:,} bytes")
+
+
+class UploadLimitMiddleware:
+    """413 for bodies over ``max_bytes`` without ever holding them.
+
+    A declared ``Content-Length`` over the limit is answered before one byte of the body is read;
+    a chunked body is counted as it streams and cut off the moment it passes the limit. (Starlette's
+    own limiter answers in plain text; this one keeps the service's JSON error format.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            detail = UploadTooLarge(self.max_bytes).detail
+            response = error_response(413, "payload_too_large", detail, {"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise UploadTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class RequestMetricsMiddleware:
+    """Counts requests by model/endpoint/status and times them into ``rdad_request_*``.
+
+    Labels are bounded: the endpoint is the route template (``/models/{name}/predict``), unmatched
+    paths share ``other``, and a model label is only ever a served model's name.
+    """
+
+    def __init__(self, app: ASGIApp, runtime: ServiceRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app raises before answering, the server sends a 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            endpoint, model = self._labels(scope)
+            metrics = self.runtime.metrics
+            metrics.requests.labels(model, endpoint, str(status)).inc()
+            metrics.request_latency.labels(model, endpoint).observe(time.perf_counter() - start)
+
+    def _labels(self, scope: Scope) -> tuple[str, str]:
+        # The router stores the matched route in the (shared) scope dict.
+        route = scope.get("route")
+        endpoint = route.path if isinstance(route, Route) else "other"
+        name = scope.get("path_params", {}).get("name")
+        if endpoint == "/predict":
+            name = self.runtime.default_model
+        return endpoint, name if name in self.runtime.models else ""

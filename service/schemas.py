@@ -1,0 +1,86 @@
+"""Pydantic response models: what clients get, and what ``/docs`` shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Region(BaseModel):
+    """A connected component of the mask, in original-image pixel coordinates."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int = Field(description="pixels of the component, in original-image pixels")
+    max_score: float = Field(description="highest raw anomaly-map value inside the component")
+
+
+class Timings(BaseModel):
+    """Milliseconds spent per stage for this image (inference is its batch's run time)."""
+
+    decode: float
+    queue: float
+    inference: float
+    encode: float
+
+
+class PredictionResult(BaseModel):
+    score: float = Field(description="raw image score (max of the anomaly map)")
+    normalized_score: float = Field(description="0-1, exactly 0.5 at the calibrated threshold")
+    is_anomalous: bool
+    threshold: float = Field(description="calibrated raw image-score threshold")
+    width: int = Field(description="image width in pixels (EXIF orientation applied)")
+    height: int
+    heatmap_png: str | None = Field(
+        None, description="base64 PNG of the colour-mapped anomaly map (model size by default)"
+    )
+    overlay_png: str | None = Field(None, description="base64 PNG: heatmap blended over the image")
+    mask_png: str | None = Field(None, description="base64 binary PNG from the pixel threshold")
+    regions: list[Region] | None = None
+    filename: str | None = None
+    model: ModelRef
+    timings_ms: Timings
+
+
+class PredictBatchResponse(BaseModel):
+    """Answer to a multi-file request: one result per file, in request order."""
+
+    results: list[PredictionResult]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    default: bool
+    state: str = Field(description="warming | ready | failed")
+    provider: str = Field(description="ONNX Runtime execution provider actually in use")
+    image_size: int
+    backbone: str
+    precision: str
+    teacher_weights: str
+    image_threshold: float
+    pixel_threshold: float
+    metadata: dict[str, Any] = Field(description="the full rdad metadata stored in the ONNX file")
+
+
+class ModelList(BaseModel):
+    default: str | None
+    models: list[ModelInfo]
+
+
+class HealthStatus(BaseModel):
+    status: str
+    models: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable error code")
+    detail: Any = Field(description="human-readable explanation")

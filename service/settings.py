@@ -1,0 +1,125 @@
+"""Service settings: ``RDAD_*`` environment variables, overridden by ``rdad serve`` flags.
+
+Every field is also an environment variable: ``max_batch_size`` ↔ ``RDAD_MAX_BATCH_SIZE``. List
+fields take comma-separated values (``RDAD_PROVIDERS=cuda,cpu``). Values passed to ``Settings(...)``
+win over the environment, which is how ``rdad serve`` flags override variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
+
+
+def default_model_dir() -> Path:
+    """``$XDG_CACHE_HOME/rdad/models`` (``~/.cache/rdad/models``): where ``rdad serve`` keeps the
+    embedded demo model, so that a second start finds it instead of training again."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "rdad" / "models"
+
+
+def _split_csv(value: Any) -> Any:
+    # NoDecode fields arrive as raw strings from the environment: "cuda, cpu" → ["cuda", "cpu"].
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All knobs of the inference service. See the README section *Serving* for the full table."""
+
+    model_config = SettingsConfigDict(env_prefix="RDAD_", extra="ignore", protected_namespaces=())
+
+    # --- models -------------------------------------------------------------------------------
+    model_dir: Path = Field(default_factory=default_model_dir)
+    """Model repository: each ``NAME.onnx`` or ``NAME/model.onnx`` is a model called NAME."""
+    default_model: str | None = None
+    """Model used by ``POST /predict``; optional when the folder holds exactly one model."""
+
+    # --- network ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "info"
+    access_log: bool = True
+
+    # --- dynamic batching ---------------------------------------------------------------------
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    max_delay_ms: float = Field(default=5.0, ge=0.0)
+    """A batch closes this long after its first image arrived (or when it is full)."""
+    max_queue: int = Field(default=256, ge=1)
+    """Images waiting per model; beyond this a request gets 503 + Retry-After at once."""
+    request_timeout_s: float = Field(default=30.0, gt=0.0)
+    retry_after_s: int = Field(default=1, ge=0)
+
+    # --- ONNX Runtime -------------------------------------------------------------------------
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS)
+    )
+    """Execution providers in preference order (tensorrt, cuda, cpu or full ORT names)."""
+    tensorrt: bool = False
+    """TensorRT is skipped unless enabled: its engine build takes minutes on first start."""
+    trt_cache_dir: Path | None = None
+    """TensorRT engine cache; default ``MODEL_DIR/.trt-cache``."""
+    device_id: int = Field(default=0, ge=0)
+    intra_op_threads: int = Field(default=0, ge=0)
+    """CPU provider threads per model (0 = ONNX Runtime's default: one per physical core)."""
+    warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = None
+    """Batch sizes run at start. Default: every size 1..max_batch_size on GPU providers (cuDNN
+    and TensorRT pick kernels per input shape), 1 and max_batch_size on CPU."""
+    cpu_workers: int = Field(default=0, ge=0)
+    """Threads decoding uploads and encoding PNGs (0 = number of CPUs)."""
+
+    # --- limits -------------------------------------------------------------------------------
+    max_upload_mb: float = Field(default=50.0, gt=0.0)
+    """Whole request body; larger uploads get 413 before the body is read."""
+    max_files: int = Field(default=16, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    """Per image, read from the header before decoding (decompression bombs)."""
+    overlay_max_side: int = Field(default=1024, ge=16)
+
+    # --- security -----------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """When set, predict and model routes need ``Authorization: Bearer <key>``."""
+    auth_health: bool = False
+    auth_metrics: bool = False
+
+    # --- shutdown -----------------------------------------------------------------------------
+    drain_delay_s: float = Field(default=2.0, ge=0.0)
+    """After SIGTERM, keep serving (/readyz at 503) this long so load balancers stop routing."""
+    grace_period_s: float = Field(default=25.0, gt=0.0)
+    """Upper bound from SIGTERM to exit; must stay below the orchestrator's kill timeout."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("warmup_batch_sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return _split_csv(value)
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_delay_s(self) -> float:
+        return self.max_delay_ms / 1000.0
+
+    @property
+    def cpu_worker_count(self) -> int:
+        return self.cpu_workers or os.cpu_count() or 1

@@ -1,0 +1,126 @@
+"""Dynamic batching and its failure modes, on the real engine (wrapped only to block or fail)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+
+async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def _batcher(client: Any) -> Any:
+    return client.app.state.runtime.models["tiny"].batcher
+
+
+async def test_concurrent_requests_share_batches(make_client, images, control, reference) -> None:
+    blobs = [images.png(64 + i, 64, seed=i) for i in range(8)]
+    # The batch must stay open for its delay and catch all 8 staggered arrivals.
+    async with make_client(control=control, max_batch_size=8, max_delay_ms=500) as client:
+        control.batch_sizes.clear()  # forget the warm-up runs
+
+        async def staggered(i: int) -> Any:
+            await asyncio.sleep(0.03 * i)  # arrivals spread over 210 ms, inside the delay
+            return await client.post("/predict", files=images.upload(blobs[i]))
+
+        responses = await asyncio.gather(*(staggered(i) for i in range(8)))
+        metrics = (await client.get("/metrics")).text
+    assert [r.status_code for r in responses] == [200] * 8
+    batches = images.metric(metrics, "rdad_batch_size_count", model="tiny")
+    assert images.metric(metrics, "rdad_batch_size_sum", model="tiny") == 8
+    assert batches == 1 and control.batch_sizes == [8]
+    # Batching changes nothing in the results.
+    for response, blob in zip(responses, blobs, strict=True):
+        assert response.json()["score"] == pytest.approx(reference(blob)[1], abs=1e-5)
+        assert response.json()["timings_ms"]["queue"] > 0
+
+
+async def test_full_queue_answers_503_at_once(make_client, images, control) -> None:
+    data = images.png()
+    async with make_client(control=control, max_batch_size=1, max_queue=2) as client:
+        control.gate.clear()
+        control.entered.clear()
+        running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
+        await _until(control.entered.is_set)  # first image is inside the engine
+        queued = [
+            asyncio.create_task(client.post("/predict", files=images.upload(data)))
+            for _ in range(2)
+        ]
+        await _until(lambda: _batcher(client).depth == 2)
+        refused = await client.post("/predict", files=images.upload(data))
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"] == "queue_full"
+        control.gate.set()
+        served = await asyncio.gather(running, *queued)
+    assert [r.status_code for r in served] == [200, 200, 200]
+
+
+async def test_timeout_answers_504_and_drops_unstarted_work(make_client, images, control) -> None:
+    data = images.png()
+    async with make_client(control=control, max_batch_size=1, request_timeout_s=0.5) as client:
+        control.batch_sizes.clear()
+        control.gate.clear()
+        control.entered.clear()
+        started = asyncio.create_task(client.post("/predict", files=images.upload(data)))
+        await _until(control.entered.is_set)
+        waiting = asyncio.create_task(client.post("/predict", files=images.upload(data)))
+        await _until(lambda: _batcher(client).depth == 1)
+        timed_out = await asyncio.gather(started, waiting)
+        assert [r.status_code for r in timed_out] == [504, 504]
+        assert timed_out[1].json()["error"] == "timeout"
+        assert _batcher(client).depth == 0  # the queued image was taken out, not run later
+        control.gate.set()
+        after = await client.post("/predict", files=images.upload(data))
+    assert after.status_code == 200
+    # The engine saw the first (already started) image and the last one, never the dropped one.
+    assert control.batch_sizes == [1, 1]
+
+
+async def test_inference_failure_fails_only_its_batch(make_client, images, control) -> None:
+    data = images.png()
+    async with make_client(control=control, max_batch_size=2, max_delay_ms=200) as client:
+        control.fail_next = True
+        burst = await asyncio.gather(
+            *(client.post("/predict", files=images.upload(data)) for _ in range(3))
+        )
+        after = await client.post("/predict", files=images.upload(data))
+        metrics = (await client.get("/metrics")).text
+    assert sorted(r.status_code for r in burst) == [200, 500, 500]
+    failed = next(r for r in burst if r.status_code == 500)
+    assert failed.json()["error"] == "inference_failed"
+    assert "Traceback" not in failed.text and "injected" not in failed.text
+    assert after.status_code == 200
+    assert images.metric(metrics, "rdad_inference_failures_total", model="tiny") == 1
+
+
+async def test_readiness_waits_for_warm_up(make_client, images, control, ready) -> None:
+    control.gate.clear()  # warm-up goes through the same runner: hold it
+    async with make_client(control=control, ready=False) as client:
+        not_ready = await client.get("/readyz")
+        oip_not_ready = await client.get("/v2/health/ready")
+        early = await client.post("/predict", files=images.upload(images.png()))
+        alive = await client.get("/healthz")
+        oip_live = await client.get("/v2/health/live")
+        gauge_before = images.metric((await client.get("/metrics")).text, "rdad_model_ready")
+        control.gate.set()
+        await ready(client)
+        ready_now = await client.get("/readyz")
+        oip_ready = await client.get("/v2/health/ready")
+        gauge_after = images.metric((await client.get("/metrics")).text, "rdad_model_ready")
+    assert not_ready.status_code == 503
+    assert not_ready.json() == {"status": "not ready", "models": {"tiny": "warming"}}
+    assert oip_not_ready.status_code == 503 and oip_not_ready.json() == {"ready": False}
+    assert early.status_code == 503 and early.json()["error"] == "not_ready"
+    assert "Retry-After" in early.headers
+    assert alive.status_code == 200 and oip_live.json() == {"live": True}
+    assert ready_now.status_code == 200 and ready_now.json()["models"] == {"tiny": "ready"}
+    assert oip_ready.status_code == 200 and oip_ready.json() == {"ready": True}
+    assert (gauge_before, gauge_after) == (0, 1)

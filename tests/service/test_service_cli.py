@@ -1,0 +1,46 @@
+"""``rdad serve`` settings precedence and expected failures (no server started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rdad.cli import build_parser, main
+from rdad.commands.serve import _settings
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RDAD_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("RDAD_MAX_DELAY_MS", "9.5")
+    monkeypatch.setenv("RDAD_PROVIDERS", "cuda, cpu")
+    monkeypatch.setenv("RDAD_API_KEY", "k")
+    args = build_parser("serve").parse_args(
+        ["serve", "--max-batch-size", "3", "--model-dir", str(tmp_path), "--no-access-log"]
+    )
+    settings = _settings(args)
+    assert settings.max_batch_size == 3  # flag wins
+    assert settings.max_delay_ms == 9.5  # environment kept where no flag is given
+    assert settings.providers == ["cuda", "cpu"]
+    assert settings.model_dir == tmp_path and settings.access_log is False
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
+
+
+def test_invalid_setting_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--max-batch-size", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rdad serve: error: invalid setting max_batch_size") and "\n" not in err
+
+
+def test_empty_explicit_model_dir_is_refused(tmp_path: Path, capsys) -> None:
+    assert main(["serve", "--model-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no models in" in err and "Traceback" not in err
+
+
+def test_serve_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--max-batch-size" in out and "RDAD_" in out
