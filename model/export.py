@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -155,6 +156,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32"
                 f"parity check failed: max abs difference {diff:.3e} > {tolerance:.0e}; not written"
             )
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path.replace(out)
+        # shutil.move, not Path.replace: the temp dir may be on another filesystem.
+        shutil.move(tmp_path, out)
     print(f"wrote {out}")
     return out

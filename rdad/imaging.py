@@ -76,8 +76,8 @@ def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
         raise ImageDecodeError("corrupt image data") from exc
     if bgr is None or bgr.size == 0:
         raise ImageDecodeError("not a readable image (unknown format, corrupt or truncated)")
-    if bgr.dtype != np.uint8:  # IMREAD_COLOR already gives 8 bits; be explicit if a codec does not
-        bgr = (bgr.astype(np.float64) / np.iinfo(bgr.dtype).max * 255.0).round().astype(np.uint8)
+    if bgr.dtype == np.uint16:  # IMREAD_COLOR already gives 8 bits; be explicit if a codec does not
+        bgr = (bgr.astype(np.uint32) // 256).astype(np.uint8)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -16,7 +16,11 @@ from fastapi import FastAPI
 from rdad import __version__
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import RequestMetricsMiddleware, UploadLimitMiddleware
+from service.middleware import (
+    ApiKeyGateMiddleware,
+    RequestMetricsMiddleware,
+    UploadLimitMiddleware,
+)
 from service.routes import health, metrics, models, predict
 from service.runtime import RunnerHook, ServiceRuntime
 from service.settings import Settings
@@ -57,6 +61,7 @@ def create_app(
     app.state.runtime = runtime
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ApiKeyGateMiddleware, api_key=settings.api_key)  # before any body read
     app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s
     for module in (predict, models, health, metrics):
         app.include_router(module.router)

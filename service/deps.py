@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from service.errors import UnauthorizedError
 from service.runtime import ServiceRuntime
@@ -25,14 +26,25 @@ RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+UNAUTHORIZED = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+
+def token_is_valid(key: SecretStr, authorization: str | None) -> bool:
+    """``authorization`` is the raw header value (``"Bearer <token>"``) or ``None``."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = ""
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    return hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode())
+
+
 def _check(runtime: ServiceRuntime, credentials: HTTPAuthorizationCredentials | None) -> None:
     key = runtime.settings.api_key
     if key is None:
         return
-    token = credentials.credentials if credentials is not None else ""
-    # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    if not hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
-        raise UnauthorizedError("missing or invalid API key: send 'Authorization: Bearer <key>'")
+    header = f"Bearer {credentials.credentials}" if credentials is not None else None
+    if not token_is_valid(key, header):
+        raise UnauthorizedError(UNAUTHORIZED)
 
 
 async def require_api_key(runtime: RuntimeDep, credentials: Credentials) -> None:

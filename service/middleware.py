@@ -1,14 +1,17 @@
-"""Pure ASGI middlewares: the upload size limit, and request metrics (which see every answer)."""
+"""Pure ASGI middlewares: the API-key gate, the upload size limit, and request metrics (which see
+every answer)."""
 
 from __future__ import annotations
 
 import time
 
+from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.deps import UNAUTHORIZED, token_is_valid
 from service.errors import error_response
 from service.runtime import ServiceRuntime
 
@@ -55,6 +58,34 @@ class UploadLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class ApiKeyGateMiddleware:
+    """401 for unauthenticated predict/model requests *before* the body is read.
+
+    FastAPI parses a multipart body before it runs dependencies, so the ``require_api_key``
+    dependency alone would let anyone without a key make the server read a full upload. This gate
+    answers first; the dependency stays for the OpenAPI security scheme and direct route use.
+    """
+
+    PROTECTED = ("/predict", "/models")
+
+    def __init__(self, app: ASGIApp, api_key: SecretStr | None) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.api_key is not None
+            and str(scope["path"]).startswith(self.PROTECTED)
+            and not token_is_valid(self.api_key, Headers(scope=scope).get("authorization"))
+        ):
+            headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}
+            response = error_response(401, "unauthorized", UNAUTHORIZED, headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

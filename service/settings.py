@@ -107,9 +107,11 @@ class Settings(BaseSettings):
             return None
         return _split_csv(value)
 
-    @field_validator("default_model", mode="before")
+    @field_validator("default_model", "api_key", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
+        # An empty RDAD_API_KEY must mean "no key", never "the empty string is the key".
+        # (An empty key would let a request without a header pass the compare.)
         return None if isinstance(value, str) and not value.strip() else value
 
     @property

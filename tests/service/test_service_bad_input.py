@@ -213,3 +213,13 @@ async def test_unusual_images_score_like_their_rgb_equivalent(make_client, image
     assert got.status_code == 200, got.text
     assert (got.json()["width"], got.json()["height"]) == size
     assert got.json()["score"] == pytest.approx(want.json()["score"], abs=1e-5)
+
+
+async def test_unauthenticated_upload_is_refused_before_reading_the_body(make_client) -> None:
+    content_type = (b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)
+    async with make_client(api_key="s3cret") as client:
+        status, reads, body = await _call_streaming(client.app, [content_type])
+        wrong = (b"authorization", b"Bearer guess")
+        status_wrong, reads_wrong, _ = await _call_streaming(client.app, [content_type, wrong])
+    assert (status, reads, body["error"]) == (401, 0, "unauthorized")
+    assert (status_wrong, reads_wrong) == (401, 0)

@@ -44,3 +44,10 @@ def test_serve_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "--max-batch-size" in out and "RDAD_" in out
+
+
+def test_empty_api_key_variable_means_no_key(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from service.settings import Settings
+
+    monkeypatch.setenv("RDAD_API_KEY", "  ")
+    assert Settings().api_key is None
