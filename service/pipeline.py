@@ -79,9 +79,10 @@ async def predict(
     size = model.engine.image_size
     overlay = options.overlay_max_side if options.overlay else None
     max_pixels = runtime.settings.max_pixels
-    decoded = await asyncio.gather(
-        *(_in_pool(runtime, partial(_decode, u, size, max_pixels, overlay)) for u in uploads)
-    )
+    with model.batcher.incoming(len(uploads)):
+        decoded = await asyncio.gather(
+            *(_in_pool(runtime, partial(_decode, u, size, max_pixels, overlay)) for u in uploads)
+        )
     items = await model.batcher.infer([d.model_input for d, _ in decoded], deadline=deadline)
     calibration = model.engine.metadata.calibration
     assert calibration is not None  # Engine.load refuses uncalibrated models

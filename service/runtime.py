@@ -84,6 +84,7 @@ class ServiceRuntime:
                 runner,
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_delay_s,
+                early_close=settings.batch_early_close,
                 max_queue=settings.max_queue,
                 retry_after_s=settings.retry_after_s,
                 metrics=self.metrics.for_model(name),

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     max_delay_ms: float = Field(default=5.0, ge=0.0)
     """A batch closes this long after its first image arrived (or when it is full)."""
+    batch_early_close: bool = True
+    """Close a batch before ``max_delay_ms`` when no other image is being decoded (nothing can
+    join it in time), so a lone request never waits for the window."""
     max_queue: int = Field(default=256, ge=1)
     """Images waiting per model; beyond this a request gets 503 + Retry-After at once."""
     request_timeout_s: float = Field(default=30.0, gt=0.0)

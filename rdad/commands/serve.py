@@ -34,6 +34,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--port", "port", int, "TCP port (default 8000)"),
     ("--max-batch-size", "max_batch_size", int, "images per inference batch (default 16)"),
     ("--max-delay-ms", "max_delay_ms", float, "batch closes this long after its first image (5)"),
+    ("--batch-early-close", "batch_early_close", bool, "close early if nothing is coming (on)"),
     ("--max-queue", "max_queue", int, "queued images per model before 503 (default 256)"),
     ("--request-timeout-s", "request_timeout_s", float, "per request, then 504 (default 30)"),
     ("--providers", "providers", str, "execution providers in order (default tensorrt,cuda,cpu)"),

@@ -22,8 +22,11 @@ def _batcher(client: Any) -> Any:
 
 async def test_concurrent_requests_share_batches(make_client, images, control, reference) -> None:
     blobs = [images.png(64 + i, 64, seed=i) for i in range(8)]
-    # The batch must stay open for its delay and catch all 8 staggered arrivals.
-    async with make_client(control=control, max_batch_size=8, max_delay_ms=500) as client:
+    # The batch must stay open for its delay and catch all 8 staggered arrivals (the window
+    # alone: early close off, so the gaps between arrivals do not close the batch).
+    async with make_client(
+        control=control, max_batch_size=8, max_delay_ms=500, batch_early_close=False
+    ) as client:
         control.batch_sizes.clear()  # forget the warm-up runs
 
         async def staggered(i: int) -> Any:
@@ -40,6 +43,33 @@ async def test_concurrent_requests_share_batches(make_client, images, control, r
     for response, blob in zip(responses, blobs, strict=True):
         assert response.json()["score"] == pytest.approx(reference(blob)[1], abs=1e-5)
         assert response.json()["timings_ms"]["queue"] > 0
+
+
+async def test_simultaneous_requests_share_a_batch_with_early_close(
+    make_client, images, control
+) -> None:
+    blobs = [images.png(64 + i, 64, seed=i) for i in range(6)]
+    async with make_client(control=control, max_batch_size=8, max_delay_ms=2000) as client:
+        control.batch_sizes.clear()
+        responses = await asyncio.gather(
+            *(client.post("/predict", files=images.upload(b)) for b in blobs)
+        )
+    assert [r.status_code for r in responses] == [200] * 6
+    # Images still decoding keep the batch open, and the last one closes it at once (no 2 s
+    # wait). Normally one batch of 6; a first image that finished decoding before the others
+    # were even parsed may leave alone, and the rest then queue behind it into one batch.
+    assert sum(control.batch_sizes) == 6 and len(control.batch_sizes) <= 2
+    assert max(r.json()["timings_ms"]["queue"] for r in responses) < 1500
+
+
+async def test_lone_request_does_not_wait_for_the_batch_window(make_client, images) -> None:
+    async with make_client(max_delay_ms=3000) as client:
+        lone = await client.post("/predict", files=images.upload(images.png()))
+    assert lone.status_code == 200
+    assert lone.json()["timings_ms"]["queue"] < 1000  # closed early: nothing else was coming
+    async with make_client(max_delay_ms=300, batch_early_close=False) as client:
+        waited = await client.post("/predict", files=images.upload(images.png()))
+    assert waited.json()["timings_ms"]["queue"] >= 250  # the plain window, when asked for
 
 
 async def test_full_queue_answers_503_at_once(make_client, images, control) -> None:
