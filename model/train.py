@@ -160,9 +160,10 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             seen += len(idx)
-            loss_sum += float(loss) * len(idx)
+            loss_value = loss.item()
+            loss_sum += loss_value * len(idx)
             bar.set_postfix(
-                loss=f"{float(loss):.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}"
+                loss=f"{loss_value:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}"
             )
         epoch_loss = loss_sum / max(seen, 1)
         history.append({"epoch": epoch + 1, "loss": epoch_loss})
