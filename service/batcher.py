@@ -13,7 +13,8 @@ Images from one request may be split over several batches and share them with ot
 
 Failure isolation. A full queue answers at once (503 + Retry-After) instead of queueing work that
 would time out; a request past its deadline is taken out of the queue if its batch has not started
-(504); an exception in the runner fails the requests of that batch only.
+(504), and so is one that would time out before its batch could finish, judged by the last batch's
+duration (504 at once, no compute spent); an exception in the runner fails that batch only.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _Item:
     image: np.ndarray
     future: asyncio.Future[ItemResult]
     enqueued_at: float
+    deadline: float
     started: bool = False
     abandoned: bool = False  # the request stopped waiting (timeout, error, disconnect)
 
@@ -86,6 +88,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"rdad-infer-{name}")
         self._pending: deque[_Item] = deque()
         self._incoming = 0  # images of requests still decoding (see `incoming`)
+        self._last_batch_s: float | None = None  # wall time of the last successful batch
         self._wakeup = asyncio.Event()
         self._idle = True
         self._closed = False
@@ -129,7 +132,7 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
-        items = [_Item(img, loop.create_future(), now) for img in images]
+        items = [_Item(img, loop.create_future(), now, deadline) for img in images]
         self._pending.extend(items)
         self._update_depth()
         self._wakeup.set()
@@ -180,12 +183,35 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
+    def _cannot_finish(self, item: _Item, expected_end: float) -> bool:
+        last = self._last_batch_s
+        # Only drop what the queue wait made late: if one batch takes longer than a whole request
+        # timeout (a hiccup, or a slow first batch), the estimate says nothing useful, and
+        # dropping on it would refuse every request and never run a batch to correct it.
+        if last is None or last >= item.deadline - item.enqueued_at:
+            return False
+        return expected_end > item.deadline
+
     def _launch(self) -> None:
-        count = min(self.max_batch_size, len(self._pending))
-        batch = [self._pending.popleft() for _ in range(count)]
-        for item in batch:
+        # An image whose request would time out before this batch can finish (judged by the last
+        # batch's duration) is answered 504 now instead of running: under overload, compute goes
+        # to requests that can still be answered.
+        now = asyncio.get_running_loop().time()
+        expected_end = now + (self._last_batch_s or 0.0)
+        batch: list[_Item] = []
+        while self._pending and len(batch) < self.max_batch_size:
+            item = self._pending.popleft()
+            if self._cannot_finish(item, expected_end):
+                if not item.abandoned and not item.future.done():
+                    item.future.set_exception(
+                        RequestTimeoutError("the request would time out before its batch finished")
+                    )
+                continue
             item.started = True
+            batch.append(item)
         self._update_depth()
+        if not batch:
+            return
         self._idle = False
         self._batch_task = asyncio.create_task(self._run(batch))
 
@@ -219,6 +245,7 @@ class Batcher:
                 if not item.abandoned and not item.future.done():
                     item.future.set_exception(error)
         else:
+            self._last_batch_s = loop.time() - started
             if self.metrics:
                 self.metrics.inference.observe(inference_s)
                 self.metrics.batch_size.observe(len(batch))

@@ -114,6 +114,22 @@ async def test_timeout_answers_504_and_drops_unstarted_work(make_client, images,
     assert control.batch_sizes == [1, 1]
 
 
+async def test_image_that_cannot_finish_in_time_is_not_run(make_client, images, control) -> None:
+    data = images.png()
+    async with make_client(control=control, max_batch_size=1, request_timeout_s=0.5) as client:
+        control.delay_s = 0.35  # every batch takes ≥ 0.35 s
+        assert (await client.post("/predict", files=images.upload(data))).status_code == 200
+        control.batch_sizes.clear()
+        pair = await asyncio.gather(
+            *(client.post("/predict", files=images.upload(data)) for _ in range(2))
+        )
+        control.delay_s = 0.0
+    # The second image would start at ~0.35 s and end at ~0.7 s, past its 0.5 s deadline: it is
+    # answered 504 without reaching the engine, instead of running for a client that has gone.
+    assert sorted(r.status_code for r in pair) == [200, 504]
+    assert control.batch_sizes == [1]
+
+
 async def test_inference_failure_fails_only_its_batch(make_client, images, control) -> None:
     data = images.png()
     async with make_client(control=control, max_batch_size=2, max_delay_ms=200) as client:
