@@ -7,7 +7,7 @@ the network and the state dict (teacher included) fills it, so no weights are fe
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class TrainConfig:
     amp: bool = True
     """Mixed precision (float16 autocast + grad scaling); only ever used on CUDA."""
     checkpoint_every: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:

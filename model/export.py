@@ -31,7 +31,7 @@ from torch import nn
 from model.checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
 from model.data import load_images
 from model.network import ReverseDistillation
-from model.synthetic import _good_part
+from model.synthetic import good_part
 from rdad import __version__
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
 
@@ -66,7 +66,7 @@ def parity_images(ckpt: dict[str, Any], image_size: int, count: int = 4) -> np.n
     if len(loaded) >= 2:
         return loaded
     rng = np.random.default_rng(0)
-    return np.stack([_good_part(rng, image_size) for _ in range(count)])
+    return np.stack([good_part(rng, image_size) for _ in range(count)])
 
 
 def _ort_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 DEFECTS = ("scratch", "spot", "chunk")
 
 
-def _good_part(rng: np.random.Generator, size: int) -> np.ndarray:
+def good_part(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     cx, cy = size / 2 + rng.normal(0, size * 0.01, 2)
     radius = size * (0.36 + rng.normal(0, 0.005))
@@ -73,12 +73,12 @@ def write_synthetic_dataset(
             raise OSError(f"cannot write {path}")
 
     for i in range(num_train):
-        save(root / "train" / "good" / f"{i:03d}.png", _good_part(rng, image_size))
+        save(root / "train" / "good" / f"{i:03d}.png", good_part(rng, image_size))
     for i in range(num_test):
-        save(root / "test" / "good" / f"{i:03d}.png", _good_part(rng, image_size))
+        save(root / "test" / "good" / f"{i:03d}.png", good_part(rng, image_size))
     for i in range(num_test):
         kind = DEFECTS[i % len(DEFECTS)]
-        image, mask = _add_defect(rng, _good_part(rng, image_size), kind)
+        image, mask = _add_defect(rng, good_part(rng, image_size), kind)
         save(root / "test" / kind / f"{i:03d}.png", image)
         save(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return root

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +202,3 @@ def train(
     )
     print(f"wrote {final}")
     return final
-
-
-def config_summary(cfg: TrainConfig) -> str:
-    return ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k != "extra")

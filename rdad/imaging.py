@@ -58,17 +58,20 @@ _REDUCED_FLAGS = {
 }
 
 
-def decode_image(data: bytes, *, min_side: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, *, min_side: int | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array ``(H, W, 3)``.
 
     With ``min_side``, JPEGs are decoded at a reduced size by the codec's DCT scaling (2×, 4× or 8×)
     while both sides stay at least ``min_side``: a 12 MP JPEG headed for a 256×256 model then
-    costs a fraction of a full decode. Other formats are decoded at full size.
+    costs a fraction of a full decode. Other formats are decoded at full size. ``size`` is the
+    ``(width, height)`` from :func:`probe_size` when the caller already read it (no second parse).
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     flag = cv2.IMREAD_COLOR
     if min_side is not None and data[:3] == JPEG_MAGIC:
-        width, height = probe_size(data)
+        width, height = size or probe_size(data)
         flag = _REDUCED_FLAGS[_reduction_factor(width, height, min_side)]
     try:
         bgr = cv2.imdecode(buf, flag)

@@ -92,7 +92,8 @@ def decode_upload(
     """
     if not data:
         raise BadImageError("the file is empty")
-    width, height = probe_size(data)  # header only: bombs are refused before any allocation
+    header = probe_size(data)  # header only: bombs are refused before any allocation
+    width, height = header
     if width <= 0 or height <= 0:
         raise BadImageError("the image has no pixels")
     if width * height > max_pixels:
@@ -100,14 +101,14 @@ def decode_upload(
             f"{width}x{height} is {width * height / 1e6:.1f} MP, over the "
             f"{max_pixels / 1e6:g} MP limit"
         )
-    decoded = decode_image(data, min_side=model_size)
+    decoded = decode_image(data, min_side=model_size, size=header)
     if _rotated(data, width, height, decoded):
         width, height = height, width
     view = decoded
     if overlay_max_side is not None and data[:3] == JPEG_MAGIC:
         needed = min(overlay_size(width, height, overlay_max_side))
         if needed > min(decoded.shape[:2]):
-            view = decode_image(data, min_side=needed)
+            view = decode_image(data, min_side=needed, size=header)
     return DecodedImage(resize_rgb(decoded, model_size), view, width, height)
 
 
@@ -116,11 +117,15 @@ def overlay_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _png_b64(image: np.ndarray) -> str:
+def _png_bytes(image: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", image, _PNG_FLAGS)
     if not ok:
         raise RuntimeError("PNG encoding failed")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
+    return buf.tobytes()
+
+
+def _png_b64(image: np.ndarray) -> str:
+    return base64.b64encode(_png_bytes(image)).decode("ascii")
 
 
 def colorize(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
@@ -136,10 +141,7 @@ def colorize(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
 
 def heatmap_png(anomaly_map: np.ndarray, pixel_threshold: float) -> bytes:
     """The colour-mapped heatmap as PNG bytes (for ``Accept: image/png``)."""
-    ok, buf = cv2.imencode(".png", colorize(anomaly_map, pixel_threshold), _PNG_FLAGS)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+    return _png_bytes(colorize(anomaly_map, pixel_threshold))
 
 
 def resize_map(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -188,16 +190,14 @@ def render_outputs(
     if options.original_size and (options.heatmap or options.mask):
         grid = resize_map(anomaly_map, *size)
     heatmap = _png_b64(colorize(grid, threshold)) if options.heatmap else None
-    mask_image: np.ndarray | None = None
-    if options.mask or options.regions:
-        mask_image = np.where(anomaly_map > threshold, 255, 0).astype(np.uint8)
     mask = None
     if options.mask:
-        full = np.where(grid > threshold, 255, 0).astype(np.uint8)
-        mask = _png_b64(full)
+        mask = _png_b64(np.where(grid > threshold, 255, 0).astype(np.uint8))
     regions = None
-    if options.regions and mask_image is not None:
-        regions = find_regions(anomaly_map, mask_image, *size)
+    if options.regions:
+        # Components are found on the model grid (cheap), then scaled to image coordinates.
+        model_mask = np.where(anomaly_map > threshold, 255, 0).astype(np.uint8)
+        regions = find_regions(anomaly_map, model_mask, *size)
     overlay = None
     if options.overlay:
         target = overlay_size(*size, options.overlay_max_side)

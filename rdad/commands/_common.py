@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rdad.cli import CommandError
@@ -43,6 +43,3 @@ def expected_errors(*types: type[BaseException]) -> Iterator[None]:
         yield
     except types as exc:
         raise CommandError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-
-
-Runner = Callable[[argparse.Namespace], int]
