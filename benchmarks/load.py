@@ -119,8 +119,8 @@ def raw_ort(model_file: Path, images: list[tuple[str, bytes]], batch: int, runs:
 
     from rdad.imaging import decode_image, resize_rgb
     from rdad.metadata import ModelMetadata
-    from service.engine import resolve_providers
-    from service.settings import Settings
+    from rdad.service.engine import resolve_providers
+    from rdad.service.settings import Settings
 
     providers = resolve_providers(Settings(model_dir=model_file.parent))
     session = ort.InferenceSession(str(model_file), providers=providers)

@@ -13,10 +13,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from model.checkpoint import TrainConfig
-from model.export import export_onnx
-from model.synthetic import write_synthetic_dataset
-from model.train import train
+from rdad.model.checkpoint import TrainConfig
+from rdad.model.export import export_onnx
+from rdad.model.synthetic import write_synthetic_dataset
+from rdad.model.train import train
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def check_cuda_libraries() -> list[str]:
 def check_serve() -> None:
     check_no_torch()
     loaded = check_cuda_libraries()
-    import service.app  # noqa: F401  (the whole service imports without torch)
+    import rdad.service.app  # noqa: F401  (the whole service imports without torch)
 
     print(f"check_image serve: ok (no torch; loaded {', '.join(loaded)})")
 
@@ -88,7 +88,7 @@ def check_train() -> None:
         raise ImageCheckError(f"torch {torch.__version__} is a CPU-only build")
     import onnxruntime  # noqa: F401
 
-    import model.network  # noqa: F401
+    import rdad.model.network  # noqa: F401
 
     print(f"check_image train: ok (torch {torch.__version__}, CUDA {torch.version.cuda})")
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from model.backbones import BackboneSpec
+from .backbones import BackboneSpec
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.network import ReverseDistillation
 from rdad import __version__
 from rdad.metadata import Calibration
+
+from .network import ReverseDistillation
 
 CHECKPOINT_FORMAT = 1
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from model.backbones import BackboneSpec
+from .backbones import BackboneSpec
 
 
 def deconv2x2(cin: int, cout: int, *, groups: int = 1) -> nn.ConvTranspose2d:

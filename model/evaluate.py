@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from model import metrics
-from model.data import DatasetError, list_test_samples, load_images, load_mask
 from rdad.metadata import INPUT_NAME, OUTPUT_NAMES, Calibration, read_onnx_metadata
+
+from . import metrics
+from .data import DatasetError, list_test_samples, load_images, load_mask
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -60,7 +61,7 @@ def load_for_eval(path: Path, *, batch_size: int = 16, device: str = "cpu") -> L
             f"onnx {path.name} ({meta.backbone}, {meta.precision}, teacher {meta.teacher_weights})",
         )
 
-    from model.checkpoint import checkpoint_calibration, load_model, predict
+    from .checkpoint import checkpoint_calibration, load_model, predict
 
     net, ckpt = load_model(path)
 

@@ -28,12 +28,13 @@ import onnx
 import torch
 from torch import nn
 
-from model.checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
-from model.data import load_images
-from model.network import ReverseDistillation
-from model.synthetic import good_part
 from rdad import __version__
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
+
+from .checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
+from .data import load_images
+from .network import ReverseDistillation
+from .synthetic import good_part
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from model.anomaly_map import AnomalyMap
-from model.backbones import Teacher, get_spec
-from model.bottleneck import OCBE
-from model.decoder import StudentDecoder
+from .anomaly_map import AnomalyMap
+from .backbones import Teacher, get_spec
+from .bottleneck import OCBE
+from .decoder import StudentDecoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.backbones import IMAGENET, RANDOM
-from model.calibrate import calibrate
-from model.checkpoint import (
+from .backbones import IMAGENET, RANDOM
+from .calibrate import calibrate
+from .checkpoint import (
     TrainConfig,
     build_model,
     predict,
     read_checkpoint,
     save_checkpoint,
 )
-from model.data import DatasetError, good_training_images, load_images, split_holdout
-from model.loss import distillation_loss
+from .data import DatasetError, good_training_images, load_images, split_holdout
+from .loss import distillation_loss
 
 __all__ = ["TrainConfig", "train"]
 

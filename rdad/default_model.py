@@ -42,9 +42,9 @@ def build_demo_model(model_dir: Path, *, say: Callable[[str], None] = print) -> 
             "--model-dir with NAME.onnx files, or install the train extra "
             "(pip install -e '.[train]')"
         ) from None
-    from model.export import export_onnx
-    from model.synthetic import write_synthetic_dataset
-    from model.train import TrainConfig, train
+    from rdad.model.export import export_onnx
+    from rdad.model.synthetic import write_synthetic_dataset
+    from rdad.model.train import TrainConfig, train
 
     model_dir.mkdir(parents=True, exist_ok=True)
     target = demo_model_path(model_dir)

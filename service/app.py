@@ -14,16 +14,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from rdad import __version__
-from service.errors import install_error_handlers
-from service.metrics import Metrics
-from service.middleware import (
+
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import (
     ApiKeyGateMiddleware,
     RequestMetricsMiddleware,
     UploadLimitMiddleware,
 )
-from service.routes import health, metrics, models, predict
-from service.runtime import RunnerHook, ServiceRuntime
-from service.settings import Settings
+from .routes import health, metrics, models, predict
+from .runtime import RunnerHook, ServiceRuntime
+from .settings import Settings
 
 log = logging.getLogger("rdad.service")
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine import InferenceOutput
-from service.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
-from service.metrics import ModelMetrics
+from .engine import InferenceOutput
+from .errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
+from .metrics import ModelMetrics
 
 log = logging.getLogger("rdad.service.batcher")
 

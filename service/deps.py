@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from service.errors import UnauthorizedError
-from service.runtime import ServiceRuntime
+from .errors import UnauthorizedError
+from .runtime import ServiceRuntime
 
 # Dependencies are async on purpose: FastAPI runs sync ones in a thread pool, a needless hop here.
 # auto_error=False: a missing header must give our 401 JSON, not FastAPI's default 403.

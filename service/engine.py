@@ -19,8 +19,9 @@ import numpy as np
 import onnxruntime as ort
 
 from rdad.metadata import MetadataError, ModelMetadata
-from service.errors import ModelLoadError
-from service.settings import Settings
+
+from .errors import ModelLoadError
+from .settings import Settings
 
 log = logging.getLogger("rdad.service.engine")
 

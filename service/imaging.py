@@ -19,7 +19,8 @@ from PIL import Image
 
 from rdad.imaging import JPEG_MAGIC, decode_image, probe_size, resize_rgb
 from rdad.metadata import Calibration
-from service.errors import BadImageError, ImageTooLargeError
+
+from .errors import BadImageError, ImageTooLargeError
 
 MAX_REGIONS = 64
 _PNG_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # smooth maps compress well even at the fastest level

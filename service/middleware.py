@@ -11,9 +11,9 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.deps import UNAUTHORIZED, token_is_valid
-from service.errors import error_response
-from service.runtime import ServiceRuntime
+from .deps import UNAUTHORIZED, token_is_valid
+from .errors import error_response
+from .runtime import ServiceRuntime
 
 
 class UploadTooLarge(HTTPException):

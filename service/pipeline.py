@@ -16,11 +16,12 @@ from typing import TypeVar
 import numpy as np
 
 from rdad.imaging import ImageDecodeError
-from service import imaging
-from service.batcher import ItemResult
-from service.errors import BadImageError, ImageTooLargeError, NotReadyError
-from service.runtime import ModelState, ServedModel, ServiceRuntime
-from service.schemas import ModelRef, PredictionResult, Region, Timings
+
+from . import imaging
+from .batcher import ItemResult
+from .errors import BadImageError, ImageTooLargeError, NotReadyError
+from .runtime import ModelState, ServedModel, ServiceRuntime
+from .schemas import ModelRef, PredictionResult, Region, Timings
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import logging
 import re
 from pathlib import Path
 
-from service.errors import ModelLoadError
+from .errors import ModelLoadError
 
 log = logging.getLogger("rdad.service.registry")
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from service.batcher import Batcher, Runner
-from service.engine import Engine, warmup_batch
-from service.errors import ModelLoadError, ModelNotFoundError
-from service.metrics import Metrics
-from service.registry import choose_default, discover_models
-from service.settings import Settings
+from .batcher import Batcher, Runner
+from .engine import Engine, warmup_batch
+from .errors import ModelLoadError, ModelNotFoundError
+from .metrics import Metrics
+from .registry import choose_default, discover_models
+from .settings import Settings
 
 log = logging.getLogger("rdad.service")
 

@@ -33,7 +33,7 @@ def shared_path(env: str, default: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.synthetic import write_synthetic_dataset
+    from rdad.model.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(
         tmp_path_factory.mktemp("synthetic"), image_size=TINY_SIZE, num_train=24, num_test=8
@@ -42,7 +42,7 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.train import TrainConfig, train
+    from rdad.model.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=str(synthetic_data), out=str(tmp_path_factory.mktemp("run")), epochs=2, **TINY_TRAIN
@@ -54,7 +54,7 @@ def tiny_checkpoint(synthetic_data: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.export import export_onnx
+    from rdad.model.export import export_onnx
 
     return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("models") / "tiny.onnx")
 

@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.data import DatasetError
-    from model.evaluate import evaluate, markdown_report, write_reports
     from rdad.metadata import MetadataError
+    from rdad.model.data import DatasetError
+    from rdad.model.evaluate import evaluate, markdown_report, write_reports
 
     setup_logging()
     with expected_errors(DatasetError, MetadataError, FileNotFoundError, ValueError):

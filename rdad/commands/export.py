@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.export import ExportError, export_onnx
+    from rdad.model.export import ExportError, export_onnx
 
     setup_logging()
     with expected_errors(ExportError, FileNotFoundError, ValueError):

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from rdad.service.settings import Settings
 
     overrides = {field: getattr(args, field) for _, field, _, _ in FLAGS}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -103,8 +103,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _ensure_models(settings: Any, model_dir_given: bool) -> None:
     """Refuse an empty explicit model folder; build the demo model into the default one."""
-    from service.errors import ModelLoadError
-    from service.registry import choose_default, discover_models
+    from rdad.service.errors import ModelLoadError
+    from rdad.service.registry import choose_default, discover_models
 
     model_dir: Path = settings.model_dir
     try:
@@ -129,8 +129,8 @@ def _ensure_models(settings: Any, model_dir_given: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
-    from service.server import GracefulServer, graceful_timeout
+    from rdad.service.app import create_app
+    from rdad.service.server import GracefulServer, graceful_timeout
 
     setup_logging()
     settings = _settings(args)

@@ -19,8 +19,8 @@ EXAMPLES = """\
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    from model.backbones import BACKBONES
-    from model.checkpoint import TrainConfig
+    from rdad.model.backbones import BACKBONES
+    from rdad.model.checkpoint import TrainConfig
 
     d = TrainConfig()
     p = add_command(
@@ -78,11 +78,11 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.backbones import TeacherWeightsError
-    from model.checkpoint import TrainConfig
-    from model.data import DatasetError
-    from model.train import train
     from rdad.cli import CommandError
+    from rdad.model.backbones import TeacherWeightsError
+    from rdad.model.checkpoint import TrainConfig
+    from rdad.model.data import DatasetError
+    from rdad.model.train import train
 
     setup_logging()
     if not args.resume and args.data is None:

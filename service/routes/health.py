@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import RuntimeDep, require_key_for_health
-from service.runtime import ServiceRuntime
-from service.schemas import HealthStatus
+from ..deps import RuntimeDep, require_key_for_health
+from ..runtime import ServiceRuntime
+from ..schemas import HealthStatus
 
 router = APIRouter(tags=["health"], dependencies=[Depends(require_key_for_health)])
 

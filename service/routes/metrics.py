@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import RuntimeDep, require_key_for_metrics
+from ..deps import RuntimeDep, require_key_for_metrics
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_key_for_metrics)])
 

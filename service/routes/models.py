@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.deps import RuntimeDep, require_api_key
-from service.runtime import ServedModel
-from service.schemas import ErrorBody, ModelInfo, ModelList
+from ..deps import RuntimeDep, require_api_key
+from ..runtime import ServedModel
+from ..schemas import ErrorBody, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 

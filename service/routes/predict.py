@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service import pipeline
-from service.deps import RuntimeDep, require_api_key
-from service.errors import InvalidRequestError, UnsupportedMediaTypeError
-from service.imaging import OutputOptions
-from service.runtime import ServiceRuntime
-from service.schemas import ErrorBody, PredictBatchResponse, PredictionResult
+from .. import pipeline
+from ..deps import RuntimeDep, require_api_key
+from ..errors import InvalidRequestError, UnsupportedMediaTypeError
+from ..imaging import OutputOptions
+from ..runtime import ServiceRuntime
+from ..schemas import ErrorBody, PredictBatchResponse, PredictionResult
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 

@@ -36,7 +36,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from service.settings import Settings
+from rdad.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -612,7 +612,7 @@ def metric_catalog() -> dict[str, set[str]]:
     """Every series name ``/metrics`` can show, with its label names, from the real registry."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from service.metrics import Metrics
+    from rdad.service.metrics import Metrics
 
     metrics = Metrics(max_batch_size=16)
     suffixes = {

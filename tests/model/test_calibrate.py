@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from model.calibrate import calibrate
+from rdad.model.calibrate import calibrate
 
 
 def fitted(seed: int = 0, n: int = 20):  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data import (
+from rdad.model.data import (
     DatasetError,
     good_training_images,
     is_mvtec_layout,

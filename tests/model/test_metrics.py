@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from model.metrics import (
+from rdad.model.metrics import (
     aupro,
     f1_max,
     image_auroc,
@@ -250,7 +250,7 @@ def test_aupro_full_size_is_fast():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, model.metrics; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, rdad.model.metrics; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from model.anomaly_map import AnomalyMap, GaussianBlur, gaussian_kernel_1d
-from model.backbones import BACKBONES, Teacher, TeacherWeightsError
-from model.loss import distillation_loss
-from model.network import Features, InferenceOutput, ReverseDistillation
+from rdad.model.anomaly_map import AnomalyMap, GaussianBlur, gaussian_kernel_1d
+from rdad.model.backbones import BACKBONES, Teacher, TeacherWeightsError
+from rdad.model.loss import distillation_loss
+from rdad.model.network import Features, InferenceOutput, ReverseDistillation
 
 SIZE = 64
 

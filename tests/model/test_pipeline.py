@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model.checkpoint import TrainConfig, load_model, predict, read_checkpoint
-from model.evaluate import evaluate
-from model.export import ExportError, export_onnx, parity_images
-from model.train import train
 from rdad.metadata import METADATA_KEY, ModelMetadata, read_onnx_metadata
+from rdad.model.checkpoint import TrainConfig, load_model, predict, read_checkpoint
+from rdad.model.evaluate import evaluate
+from rdad.model.export import ExportError, export_onnx, parity_images
+from rdad.model.train import train
 from tests.conftest import TINY_SIZE, TINY_TRAIN
 
 
@@ -86,7 +86,7 @@ def test_fp16_export_keeps_uint8_in_float32_out(tiny_checkpoint: Path, tmp_path:
 def test_export_refuses_when_parity_fails(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import model.export as export_module
+    import rdad.model.export as export_module
 
     real = export_module._ort_run
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import TrainConfig
-from model.evaluate import evaluate
-from model.export import export_onnx
-from model.train import train
+from rdad.model.checkpoint import TrainConfig
+from rdad.model.evaluate import evaluate
+from rdad.model.export import export_onnx
+from rdad.model.train import train
 from tests.conftest import SHARED, shared_path
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

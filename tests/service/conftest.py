@@ -23,10 +23,10 @@ import pytest
 from asgi_lifespan import LifespanManager
 from PIL import Image
 
-from service.app import create_app
-from service.batcher import Runner
-from service.engine import InferenceOutput
-from service.settings import Settings
+from rdad.service.app import create_app
+from rdad.service.batcher import Runner
+from rdad.service.engine import InferenceOutput
+from rdad.service.settings import Settings
 
 MODEL_NAME = "tiny"
 IMAGE_SIZE = 64
@@ -35,9 +35,9 @@ IMAGE_SIZE = 64
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with ``tiny.onnx``: resnet18, 64 px, 1 epoch on synthetic parts, random teacher."""
-    from model.export import export_onnx
-    from model.synthetic import write_synthetic_dataset
-    from model.train import TrainConfig, train
+    from rdad.model.export import export_onnx
+    from rdad.model.synthetic import write_synthetic_dataset
+    from rdad.model.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("rdad-model")
     data = write_synthetic_dataset(root / "data", image_size=IMAGE_SIZE, num_train=24, num_test=8)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import service.deps
+import rdad.service.deps
 
 KEY = "s3cret-key"
 
@@ -26,7 +26,7 @@ async def test_api_key_guards_predict_and_models(make_client, images, monkeypatc
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(service.deps.hmac, "compare_digest", spy)
+    monkeypatch.setattr(rdad.service.deps.hmac, "compare_digest", spy)
     good = {"Authorization": f"Bearer {KEY}"}
     async with make_client(api_key=KEY) as client:
         data = images.png()

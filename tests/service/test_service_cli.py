@@ -47,7 +47,7 @@ def test_serve_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_empty_api_key_variable_means_no_key(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from service.settings import Settings
+    from rdad.service.settings import Settings
 
     monkeypatch.setenv("RDAD_API_KEY", "  ")
     assert Settings().api_key is None

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.app import create_app
-from service.engine import CPU, CUDA, TENSORRT, Engine, cuda_problem, resolve_providers
-from service.errors import ModelLoadError
-from service.settings import Settings
+from rdad.service.app import create_app
+from rdad.service.engine import CPU, CUDA, TENSORRT, Engine, cuda_problem, resolve_providers
+from rdad.service.errors import ModelLoadError
+from rdad.service.settings import Settings
 
 
 def test_providers_only_those_that_can_start(caplog: pytest.LogCaptureFixture) -> None:

@@ -30,8 +30,8 @@ SCRIPT = textwrap.dedent(
     from PIL import Image
 
     from rdad.cli import main
-    from service.app import create_app
-    from service.settings import Settings
+    from rdad.service.app import create_app
+    from rdad.service.settings import Settings
 
     try:
         main(["serve", "--help"])
