@@ -13,14 +13,16 @@ through these two functions. Conversions are deliberate:
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-# PIL's own bomb check is a warning below 2x its limit; we enforce our limit explicitly instead.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own decompression-bomb check stays on (its default MAX_IMAGE_PIXELS, about 89 MP):
+# it is the last line of defence for any code that opens images with Pillow. The service adds its
+# own, lower limit (RDAD_MAX_PIXELS) on top, checked from the header before decoding.
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -29,20 +31,31 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this product can read (unknown format, corrupt or truncated)."""
 
 
+class ImageBombError(ImageDecodeError):
+    """The header declares more pixels than Pillow's ``MAX_IMAGE_PIXELS`` allows."""
+
+
 def probe_size(data: bytes) -> tuple[int, int]:
     """Return ``(width, height)`` from the header only, without decoding pixels.
 
     Used to refuse decompression bombs before any large allocation happens.
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
+        with warnings.catch_warnings():
+            # Over MAX_IMAGE_PIXELS Pillow only warns (it raises over twice that): treat both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageBombError(
+            f"the image declares more than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels"
+        ) from exc
     except Exception as exc:  # PIL raises many types for garbage input
         raise ImageDecodeError("not a readable image") from exc
     return int(width), int(height)
 
 
-def _reduction_factor(width: int, height: int, target: int) -> int:
+def reduction_factor(width: int, height: int, target: int) -> int:
     """Largest JPEG DCT scale (1, 2, 4, 8) that keeps the short side at least ``target``."""
     factor = 1
     while factor < 8 and min(width, height) // (factor * 2) >= target:
@@ -72,7 +85,7 @@ def decode_image(
     flag = cv2.IMREAD_COLOR
     if min_side is not None and data[:3] == JPEG_MAGIC:
         width, height = size or probe_size(data)
-        flag = _REDUCED_FLAGS[_reduction_factor(width, height, min_side)]
+        flag = _REDUCED_FLAGS[reduction_factor(width, height, min_side)]
     try:
         bgr = cv2.imdecode(buf, flag)
     except cv2.error as exc:
@@ -81,7 +94,8 @@ def decode_image(
         raise ImageDecodeError("not a readable image (unknown format, corrupt or truncated)")
     if bgr.dtype == np.uint16:  # IMREAD_COLOR already gives 8 bits; be explicit if a codec does not
         bgr = (bgr.astype(np.uint32) // 256).astype(np.uint8)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    # In place: a second full-size buffer would double the peak memory of a large decode.
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
 
 
 def load_image(path: str | Path, *, min_side: int | None = None) -> np.ndarray:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admission import ModelAdmission
 from .engine import InferenceOutput
 from .errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
 from .metrics import ModelMetrics
@@ -74,6 +75,7 @@ class Batcher:
         early_close: bool = True,
         retry_after_s: int = 1,
         metrics: ModelMetrics | None = None,
+        admission: ModelAdmission | None = None,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -83,12 +85,15 @@ class Batcher:
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.metrics = metrics
+        # Latency per batch size and the running batch, shared with admission and the watchdog.
+        self.admission = admission or ModelAdmission(
+            name, max_batch_size=max_batch_size, max_queue=max_queue, retry_after_s=retry_after_s
+        )
         # One thread: an ORT session already uses every core (CPU) or the whole device (GPU);
         # two concurrent runs would only contend. Warm-up runs on it too, before any request.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"rdad-infer-{name}")
         self._pending: deque[_Item] = deque()
         self._incoming = 0  # images of requests still decoding (see `incoming`)
-        self._last_batch_s: float | None = None  # wall time of the last successful batch
         self._wakeup = asyncio.Event()
         self._idle = True
         self._closed = False
@@ -98,6 +103,16 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    def collector_failure(self) -> str | None:
+        """Why the collector task is not running (``None`` while it runs, or after close)."""
+        task = self._loop_task
+        if self._closed or task is None or not task.done():
+            return None
+        if task.cancelled():
+            return f"the batch collector of model '{self.name}' was cancelled"
+        error = task.exception()
+        return f"the batch collector of model '{self.name}' died: {error!r}"[:300]
 
     @contextlib.contextmanager
     def incoming(self, count: int) -> Iterator[None]:
@@ -183,25 +198,24 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    def _cannot_finish(self, item: _Item, expected_end: float) -> bool:
-        last = self._last_batch_s
+    def _cannot_finish(self, item: _Item, expected: float | None, now: float) -> bool:
         # Only drop what the queue wait made late: if one batch takes longer than a whole request
         # timeout (a hiccup, or a slow first batch), the estimate says nothing useful, and
         # dropping on it would refuse every request and never run a batch to correct it.
-        if last is None or last >= item.deadline - item.enqueued_at:
+        if expected is None or expected >= item.deadline - item.enqueued_at:
             return False
-        return expected_end > item.deadline
+        return now + expected > item.deadline
 
     def _launch(self) -> None:
-        # An image whose request would time out before this batch can finish (judged by the last
-        # batch's duration) is answered 504 now instead of running: under overload, compute goes
-        # to requests that can still be answered.
+        # An image whose request would time out before this batch can finish (judged by the
+        # measured time of a batch of this size) is answered 504 now instead of running: under
+        # overload, compute goes to requests that can still be answered.
         now = asyncio.get_running_loop().time()
-        expected_end = now + (self._last_batch_s or 0.0)
+        expected = self.admission.latency.expected(min(len(self._pending), self.max_batch_size))
         batch: list[_Item] = []
         while self._pending and len(batch) < self.max_batch_size:
             item = self._pending.popleft()
-            if self._cannot_finish(item, expected_end):
+            if self._cannot_finish(item, expected, now):
                 if not item.abandoned and not item.future.done():
                     item.future.set_exception(
                         RequestTimeoutError("the request would time out before its batch finished")
@@ -228,6 +242,8 @@ class Batcher:
     async def _run(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        admission = self.admission
+        admission.running_since, admission.running_size = started, len(batch)
         try:
             out, inference_s = await loop.run_in_executor(
                 self.executor, self._run_sync, [item.image for item in batch]
@@ -245,7 +261,7 @@ class Batcher:
                 if not item.abandoned and not item.future.done():
                     item.future.set_exception(error)
         else:
-            self._last_batch_s = loop.time() - started
+            admission.latency.record(len(batch), loop.time() - started)
             if self.metrics:
                 self.metrics.inference.observe(inference_s)
                 self.metrics.batch_size.observe(len(batch))
@@ -259,6 +275,7 @@ class Batcher:
                     )
                     item.future.set_result(result)
         finally:
+            admission.running_since, admission.running_size = None, 0
             self._idle = True
             self._wakeup.set()
 

@@ -78,6 +78,12 @@ class InferenceError(ServiceError):
     code = "inference_failed"
 
 
+class ClientDisconnectedError(ServiceError):
+    """The client hung up: its work is dropped; 499 only shows in logs and metrics."""
+
+    code = "client_closed_request"
+
+
 _HTTP_STATUS: dict[type[Exception], int] = {
     BadImageError: 400,
     ImageDecodeError: 400,
@@ -91,6 +97,7 @@ _HTTP_STATUS: dict[type[Exception], int] = {
     QueueFullError: 503,
     NotReadyError: 503,
     RequestTimeoutError: 504,
+    ClientDisconnectedError: 499,  # nginx's "client closed request": nobody reads it
 }
 
 

@@ -17,7 +17,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rdad.imaging import JPEG_MAGIC, decode_image, probe_size, resize_rgb
+from rdad.imaging import (
+    JPEG_MAGIC,
+    ImageBombError,
+    decode_image,
+    probe_size,
+    reduction_factor,
+    resize_rgb,
+)
 from rdad.metadata import Calibration
 
 from .errors import BadImageError, ImageTooLargeError
@@ -31,11 +38,28 @@ _EXIF_ORIENTATION = 0x0112
 class DecodedImage:
     model_input: np.ndarray
     """uint8 ``(S, S, 3)`` RGB at the model's size."""
-    view: np.ndarray
-    """uint8 ``(h, w, 3)`` RGB as decoded (possibly DCT-reduced), EXIF orientation applied."""
+    view: np.ndarray | None
+    """uint8 RGB at the overlay's size (EXIF orientation applied), kept only when an overlay is
+    asked for: the full-resolution decode is never kept past :func:`decode_upload`."""
     width: int
     """Full-resolution width after EXIF orientation."""
     height: int
+
+    @property
+    def retained_bytes(self) -> int:
+        """Pixels this image keeps alive after its decode (model input and overlay view)."""
+        return self.model_input.nbytes + (0 if self.view is None else self.view.nbytes)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the header says, read before any pixel is decoded."""
+
+    width: int
+    height: int
+    decode_bytes: int
+    """Estimated peak bytes of decoding it (the codec's full- or DCT-reduced-size RGB buffer,
+    plus a second finer JPEG decode for an overlay, plus what is kept)."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +106,17 @@ def _rotated(data: bytes, width: int, height: int, view: np.ndarray) -> bool:
         return False
 
 
-def decode_upload(
+def read_header(
     data: bytes, *, model_size: int, max_pixels: int, overlay_max_side: int | None = None
-) -> DecodedImage:
-    """Check the header against ``max_pixels``, decode and resize for the model.
-
-    With ``overlay_max_side`` the decoded view must be fine enough for an overlay of that size: a
-    JPEG that the codec reduced too much for it is decoded a second time at a finer DCT scale, so
-    that the model input itself stays exactly what evaluation sees.
-    """
+) -> Header:
+    """Size from the header against ``max_pixels`` (decompression bombs are refused before any
+    allocation), and the memory its decode will need."""
     if not data:
         raise BadImageError("the file is empty")
-    header = probe_size(data)  # header only: bombs are refused before any allocation
-    width, height = header
+    try:
+        width, height = probe_size(data)
+    except ImageBombError as exc:
+        raise ImageTooLargeError(str(exc)) from None
     if width <= 0 or height <= 0:
         raise BadImageError("the image has no pixels")
     if width * height > max_pixels:
@@ -102,15 +124,55 @@ def decode_upload(
             f"{width}x{height} is {width * height / 1e6:.1f} MP, over the "
             f"{max_pixels / 1e6:g} MP limit"
         )
-    decoded = decode_image(data, min_side=model_size, size=header)
+    pixels = width * height
+    if data[:3] == JPEG_MAGIC:
+        factor = reduction_factor(width, height, model_size)
+        pixels = (width // factor + 1) * (height // factor + 1)
+        if overlay_max_side is not None:
+            side = min(overlay_size(width, height, overlay_max_side))
+            finer = reduction_factor(width, height, side)
+            pixels += (width // finer + 1) * (height // finer + 1)
+    kept = model_size * model_size + (overlay_max_side or 0) ** 2
+    return Header(width, height, _BYTES_PER_PIXEL * pixels + 3 * kept)
+
+
+# 3 bytes of RGB per pixel, plus a margin for the codec's row buffers and the resize.
+_BYTES_PER_PIXEL = 4
+
+
+def decode_upload(
+    data: bytes,
+    *,
+    model_size: int,
+    max_pixels: int,
+    overlay_max_side: int | None = None,
+    header: Header | None = None,
+) -> DecodedImage:
+    """Check the header against ``max_pixels``, decode and resize for the model.
+
+    With ``overlay_max_side`` the image is also kept at the overlay's size; a JPEG that the codec
+    reduced too much for it is decoded a second time at a finer DCT scale, so that the model input
+    itself stays exactly what evaluation sees. Without it, only the model input is kept.
+    """
+    if header is None:
+        header = read_header(
+            data, model_size=model_size, max_pixels=max_pixels, overlay_max_side=overlay_max_side
+        )
+    width, height = header.width, header.height
+    decoded = decode_image(data, min_side=model_size, size=(width, height))
     if _rotated(data, width, height, decoded):
         width, height = height, width
-    view = decoded
-    if overlay_max_side is not None and data[:3] == JPEG_MAGIC:
-        needed = min(overlay_size(width, height, overlay_max_side))
-        if needed > min(decoded.shape[:2]):
-            view = decode_image(data, min_side=needed, size=header)
-    return DecodedImage(resize_rgb(decoded, model_size), view, width, height)
+    model_input = resize_rgb(decoded, model_size)
+    view = None
+    if overlay_max_side is not None:
+        target = overlay_size(width, height, overlay_max_side)
+        if data[:3] == JPEG_MAGIC and min(target) > min(decoded.shape[:2]):
+            del decoded  # dropped first: the coarse and the fine decode are never held together
+            decoded = decode_image(data, min_side=min(target), size=(header.width, header.height))
+        shrink = target[0] < decoded.shape[1]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        view = cv2.resize(decoded, target, interpolation=interpolation)
+    return DecodedImage(model_input, view, width, height)
 
 
 def overlay_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -201,10 +263,10 @@ def render_outputs(
         regions = find_regions(anomaly_map, model_mask, *size)
     overlay = None
     if options.overlay:
-        target = overlay_size(*size, options.overlay_max_side)
-        shrink = target[0] < decoded.view.shape[1]
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        base = cv2.resize(decoded.view, target, interpolation=interpolation)
+        if decoded.view is None:
+            raise ValueError("an overlay needs the image decoded with overlay_max_side")
+        base = decoded.view  # already at the overlay's size
+        target = (base.shape[1], base.shape[0])
         heat = colorize(resize_map(anomaly_map, *target), threshold)
         blended = cv2.addWeighted(cv2.cvtColor(base, cv2.COLOR_RGB2BGR), 0.55, heat, 0.45, 0.0)
         overlay = _png_b64(blended)

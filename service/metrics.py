@@ -98,6 +98,26 @@ class Metrics:
         self.model_ready = Gauge(
             "rdad_model_ready", "1 once the model is loaded and warm.", ["model"], registry=reg
         )
+        self.live = Gauge(
+            "rdad_live", "1 while /healthz answers 200 (no dead collector, no stuck batch).",
+            registry=reg,
+        )  # fmt: skip
+        self.liveness_failure = Gauge(
+            "rdad_liveness_failure", "1 while this liveness check fails for the model.",
+            ["model", "reason"], registry=reg,
+        )  # fmt: skip
+        self.batch_running = Gauge(
+            "rdad_batch_running_seconds", "How long the model's current batch has been running.",
+            ["model"], registry=reg,
+        )  # fmt: skip
+        self.overloaded = Counter(
+            "rdad_admission_refused", "Requests refused at admission (503) by reason.",
+            ["model", "reason"], registry=reg,
+        )  # fmt: skip
+        self.pixel_budget_in_use = Gauge(
+            "rdad_pixel_budget_bytes_in_use", "Decoded-pixel bytes held by requests in flight.",
+            registry=reg,
+        )  # fmt: skip
 
     def for_model(self, name: str) -> ModelMetrics:
         return ModelMetrics(

@@ -3,6 +3,7 @@ every answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pydantic import SecretStr
@@ -14,6 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .deps import UNAUTHORIZED, token_is_valid
 from .errors import error_response
 from .runtime import ServiceRuntime
+
+ARRIVAL_KEY = "rdad_arrival"
+"""``scope["state"][ARRIVAL_KEY]``: ``loop.time()`` when the request reached the app."""
 
 
 class UploadTooLarge(HTTPException):
@@ -78,7 +82,7 @@ class ApiKeyGateMiddleware:
         if (
             scope["type"] == "http"
             and self.api_key is not None
-            and str(scope["path"]).startswith(self.PROTECTED)
+            and route_path(scope).startswith(self.PROTECTED)
             and not token_is_valid(self.api_key, Headers(scope=scope).get("authorization"))
         ):
             headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}
@@ -86,6 +90,17 @@ class ApiKeyGateMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: behind a ``root_path`` (a proxy prefix, ``RDAD_ROOT_PATH`` or
+    uvicorn's ``--root-path``) ``scope["path"]`` holds the full path, prefix included, and the
+    router strips it; the gate must judge the same path the router will route."""
+    path = str(scope["path"])
+    root = str(scope.get("root_path") or "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
 
 
 class RequestMetricsMiddleware:
@@ -104,6 +119,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        scope.setdefault("state", {})[ARRIVAL_KEY] = asyncio.get_running_loop().time()
         status = 500  # if the app raises before answering, the server sends a 500
 
         async def send_wrapper(message: Message) -> None:

@@ -19,7 +19,14 @@ from rdad.imaging import ImageDecodeError
 
 from . import imaging
 from .batcher import ItemResult
-from .errors import BadImageError, ImageTooLargeError, NotReadyError
+from .errors import (
+    BadImageError,
+    ImageTooLargeError,
+    NotReadyError,
+    RequestTimeoutError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
 from .runtime import ModelState, ServedModel, ServiceRuntime
 from .schemas import ModelRef, PredictionResult, Region, Timings
 
@@ -52,56 +59,150 @@ async def _in_pool(runtime: ServiceRuntime, fn: Callable[[], T]) -> tuple[T, flo
     return await asyncio.get_running_loop().run_in_executor(runtime.cpu_pool, timed)
 
 
+FILE_ERRORS = (BadImageError, ImageTooLargeError, UnsupportedMediaTypeError, ImageDecodeError)
+"""Failures that belong to one file: in a multi-file request they become that file's result."""
+
+
 def _decode(
-    upload: Upload, size: int, max_pixels: int, overlay: int | None
+    upload: Upload,
+    size: int,
+    max_pixels: int,
+    overlay: int | None,
+    header: imaging.Header,
+    deadline: float,
 ) -> imaging.DecodedImage:
+    # The pool may have been busy: a request past its deadline is not decoded at all.
+    # (loop.time() is time.monotonic() under asyncio's default loop.)
+    if time.monotonic() > deadline:
+        raise RequestTimeoutError("the request timed out before its images were decoded")
     try:
         return imaging.decode_upload(
-            upload.data, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay
+            upload.data,
+            model_size=size,
+            max_pixels=max_pixels,
+            overlay_max_side=overlay,
+            header=header,
         )
-    except ImageTooLargeError as exc:
-        raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
     except (ImageDecodeError, BadImageError) as exc:
         raise BadImageError(f"{upload.filename}: {exc}") from None
+
+
+def ensure_ready(runtime: ServiceRuntime, model: ServedModel) -> None:
+    if model.state is not ModelState.READY:
+        reason = model.error or "the model is still warming up"
+        raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
+
+
+@dataclass
+class _Decoding:
+    """One request's decodes and the pixel-budget bytes they still hold."""
+
+    runtime: ServiceRuntime
+    held: int = 0
+
+    async def decode(
+        self, upload: Upload, size: int, overlay: int | None, deadline: float
+    ) -> tuple[imaging.DecodedImage, float]:
+        runtime = self.runtime
+        max_pixels = runtime.settings.max_pixels
+        try:
+            header = imaging.read_header(
+                upload.data, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay
+            )
+        except ImageTooLargeError as exc:
+            raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
+        except (ImageDecodeError, BadImageError) as exc:
+            raise BadImageError(f"{upload.filename}: {exc}") from None
+        budget = runtime.pixel_budget
+        granted = await budget.acquire(header.decode_bytes, deadline=deadline)
+        try:
+            decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline)
+            decoded, seconds = await _in_pool(runtime, decode)
+        except BaseException:
+            budget.release(granted)
+            raise
+        # The full-size decode is gone; keep only what the request still holds.
+        keep = min(decoded.retained_bytes, granted)
+        budget.release(granted - keep)
+        self.held += keep
+        return decoded, seconds
+
+    def release(self) -> None:
+        self.runtime.pixel_budget.release(self.held)
+        self.held = 0
 
 
 async def predict(
     runtime: ServiceRuntime,
     model: ServedModel,
-    uploads: list[Upload],
+    uploads: list[Upload | ServiceError],
     options: imaging.OutputOptions,
     *,
     deadline: float,
-) -> list[Prediction]:
-    """Score ``uploads`` with ``model``; results in upload order."""
-    if model.state is not ModelState.READY:
-        reason = model.error or "the model is still warming up"
-        raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
+) -> list[Prediction | ServiceError]:
+    """Score ``uploads`` with ``model``; results in upload order.
+
+    An upload that is already an error, or whose decode fails for reasons of its own
+    (:data:`FILE_ERRORS`), gets that error as its result; the others are scored. Anything else
+    (timeout, inference failure) fails the whole request.
+    """
+    ensure_ready(runtime, model)
     size = model.engine.image_size
     overlay = options.overlay_max_side if options.overlay else None
-    max_pixels = runtime.settings.max_pixels
-    with model.batcher.incoming(len(uploads)):
-        decoded = await asyncio.gather(
-            *(_in_pool(runtime, partial(_decode, u, size, max_pixels, overlay)) for u in uploads)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    decoding = _Decoding(runtime)
+    try:
+        valid = [u for u in uploads if isinstance(u, Upload)]
+        with model.batcher.incoming(len(valid)):
+            outcomes = await asyncio.gather(
+                *(decoding.decode(u, size, overlay, deadline) for u in valid),
+                return_exceptions=True,
+            )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
+                raise outcome
+        decoded = [o for o in outcomes if not isinstance(o, BaseException)]
+        own_s = loop.time() - started
+        items = []
+        if decoded:
+            images = [d.model_input for d, _ in decoded]
+            items = await model.batcher.infer(images, deadline=deadline)
+        render_started = loop.time()
+        calibration = model.engine.metadata.calibration
+        assert calibration is not None  # Engine.load refuses uncalibrated models
+        render = imaging.render_outputs
+        rendered = await asyncio.gather(
+            *(
+                _in_pool(runtime, partial(render, d, it.anomaly_map, calibration, options))
+                for (d, _), it in zip(decoded, items, strict=True)
+            )
         )
-    items = await model.batcher.infer([d.model_input for d, _ in decoded], deadline=deadline)
-    calibration = model.engine.metadata.calibration
-    assert calibration is not None  # Engine.load refuses uncalibrated models
-    render = imaging.render_outputs
-    rendered = await asyncio.gather(
-        *(
-            _in_pool(runtime, partial(render, d, it.anomaly_map, calibration, options))
-            for (d, _), it in zip(decoded, items, strict=True)
-        )
-    )
+    finally:
+        decoding.release()
+    model.admission.record_overhead(own_s + loop.time() - render_started)
     for item in items:
         runtime.metrics.observe_prediction(
             model.name, calibration.normalize(item.score), calibration.is_anomalous(item.score)
         )
-    return [
+    scored = iter(
         Prediction(d, it, r, decode_s, encode_s)
         for (d, decode_s), it, (r, encode_s) in zip(decoded, items, rendered, strict=True)
-    ]
+    )
+    by_valid = iter(outcomes)
+    results: list[Prediction | ServiceError] = []
+    for upload in uploads:
+        if not isinstance(upload, Upload):
+            results.append(upload)
+            continue
+        outcome = next(by_valid)
+        if isinstance(outcome, ServiceError):
+            results.append(outcome)
+        elif isinstance(outcome, BaseException):
+            results.append(BadImageError(f"{upload.filename}: {outcome}"))
+        else:
+            results.append(next(scored))
+    return results
 
 
 def to_result(model: ServedModel, upload: Upload, prediction: Prediction) -> PredictionResult:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .admission import ModelAdmission, PixelBudget
 from .batcher import Batcher, Runner
 from .engine import Engine, warmup_batch
 from .errors import ModelLoadError, ModelNotFoundError
@@ -43,6 +44,7 @@ class ServedModel:
     engine: Engine
     runner: Runner
     batcher: Batcher
+    admission: ModelAdmission
     state: ModelState = ModelState.WARMING
     error: str | None = None
 
@@ -57,6 +59,9 @@ class ServiceRuntime:
         self.default_model: str | None = None
         self.draining = False
         self.cpu_pool = ThreadPoolExecutor(settings.cpu_worker_count, thread_name_prefix="rdad-cpu")
+        self.pixel_budget = PixelBudget(
+            settings.pixel_budget_bytes, on_change=metrics.pixel_budget_in_use.set
+        )
         self._runner_hook = runner_hook
         self._warmup_task: asyncio.Task[None] | None = None
         self._drain_deadline: float | None = None  # time.monotonic() by which to be gone
@@ -79,6 +84,12 @@ class ServiceRuntime:
             runner = (
                 engine.run if self._runner_hook is None else self._runner_hook(name, engine.run)
             )
+            admission = ModelAdmission(
+                name,
+                max_batch_size=settings.max_batch_size,
+                max_queue=settings.max_queue,
+                retry_after_s=settings.retry_after_s,
+            )
             batcher = Batcher(
                 name,
                 runner,
@@ -88,9 +99,10 @@ class ServiceRuntime:
                 max_queue=settings.max_queue,
                 retry_after_s=settings.retry_after_s,
                 metrics=self.metrics.for_model(name),
+                admission=admission,
             )
             batcher.start()
-            self.models[name] = ServedModel(name, engine, runner, batcher)
+            self.models[name] = ServedModel(name, engine, runner, batcher, admission)
             meta = engine.metadata
             self.metrics.model_info.labels(
                 name, meta.model_version, engine.provider, str(meta.image_size), meta.backbone
@@ -107,7 +119,10 @@ class ServiceRuntime:
                 for size in sizes:
                     batch = warmup_batch(size, model.engine.image_size)
                     # On the model's own inference thread: no request can run concurrently.
+                    began = loop.time()
                     await loop.run_in_executor(model.batcher.executor, model.runner, batch)
+                    # A first guess for admission's wait estimates; real batches refine it.
+                    model.admission.latency.record(size, loop.time() - began, provisional=True)
             except Exception as exc:
                 model.state, model.error = ModelState.FAILED, f"warm-up failed: {exc}"
                 log.error("model %s: warm-up failed; it will not serve", model.name, exc_info=exc)

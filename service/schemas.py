@@ -50,10 +50,27 @@ class PredictionResult(BaseModel):
     timings_ms: Timings
 
 
-class PredictBatchResponse(BaseModel):
-    """Answer to a multi-file request: one result per file, in request order."""
+class FileError(BaseModel):
+    """One file of a multi-file request that could not be scored."""
 
-    results: list[PredictionResult]
+    filename: str
+    status: int = Field(description="the HTTP status this file alone would have got")
+    error: str = Field(description="machine-readable error code")
+    detail: str
+
+
+def file_error(exc: Any, filename: str) -> FileError:
+    """``exc`` is a service error (see service.errors); imported lazily to keep schemas plain."""
+    from .errors import status_for
+
+    return FileError(filename=filename, status=status_for(exc), error=exc.code, detail=exc.detail)
+
+
+class PredictBatchResponse(BaseModel):
+    """Answer to a multi-file request: one result or error object per file, in request order.
+    The request is 200 when at least one file was scored."""
+
+    results: list[PredictionResult | FileError]
 
 
 class ModelInfo(BaseModel):
@@ -79,6 +96,7 @@ class ModelList(BaseModel):
 class HealthStatus(BaseModel):
     status: str
     models: dict[str, str] = Field(default_factory=dict)
+    reasons: list[str] | None = Field(default=None, description="why /healthz is not alive")
 
 
 class ErrorBody(BaseModel):

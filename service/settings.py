@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .resources import MIB, default_pixel_budget, memory_limit_bytes
 
 DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
 
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     # --- network ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    root_path: str = ""
+    """URL prefix the service is served under behind a proxy (``/rdad``), passed to uvicorn as
+    its ``root_path``; routes, docs and the API-key gate all apply below it."""
     log_level: str = "info"
     access_log: bool = True
 
@@ -56,7 +61,8 @@ class Settings(BaseSettings):
     """Close a batch before ``max_delay_ms`` when no other image is being decoded (nothing can
     join it in time), so a lone request never waits for the window."""
     max_queue: int = Field(default=256, ge=1)
-    """Images waiting per model; beyond this a request gets 503 + Retry-After at once."""
+    """Images in flight per model (uploading, decoding, queued or running); beyond this a request
+    gets 503 + Retry-After at once, before its body is read. Must be at least ``max_files``."""
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     retry_after_s: int = Field(default=1, ge=0)
 
@@ -85,6 +91,14 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=1)
     """Per image, read from the header before decoding (decompression bombs)."""
     overlay_max_side: int = Field(default=1024, ge=16)
+    pixel_budget_mb: float | None = Field(default=None, gt=0.0)
+    """Decoded pixels in flight across all requests (MiB). Default: a sixteenth of the memory
+    limit (cgroup / pod limit, else RAM), at most 512 MiB, at least one image at ``max_pixels``.
+    A decode waits for room; see docs/reliability.md."""
+
+    # --- liveness -----------------------------------------------------------------------------
+    stuck_batch_s: float = Field(default=60.0, gt=0.0)
+    """A batch running longer than this (a hung CUDA call) turns ``/healthz`` to 503."""
 
     # --- security -----------------------------------------------------------------------------
     api_key: SecretStr | None = None
@@ -116,6 +130,43 @@ class Settings(BaseSettings):
         # An empty RDAD_API_KEY must mean "no key", never "the empty string is the key".
         # (An empty key would let a request without a header pass the compare.)
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _refuse_incompatible(self) -> Settings:
+        # Refused at start: combinations that would fail every request (or some) at run time.
+        from PIL import Image
+
+        problems = []
+        if self.max_queue < self.max_files:
+            problems.append(
+                f"max_queue ({self.max_queue}) < max_files ({self.max_files}): a request with "
+                "the maximum number of files could never be queued"
+            )
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if pillow_limit is not None and self.max_pixels > 2 * pillow_limit:
+            problems.append(
+                f"max_pixels ({self.max_pixels}) is over twice Pillow's MAX_IMAGE_PIXELS "
+                f"({pillow_limit}): Pillow refuses such images before our own check"
+            )
+        if self.pixel_budget_mb is not None and self.pixel_budget_bytes < 4 * self.max_pixels:
+            problems.append(
+                f"pixel_budget_mb ({self.pixel_budget_mb:g}) cannot hold one decoded image at "
+                f"max_pixels ({self.max_pixels}, 4 bytes per pixel)"
+            )
+        if self.drain_delay_s >= self.grace_period_s:
+            problems.append(
+                f"drain_delay_s ({self.drain_delay_s:g}) >= grace_period_s "
+                f"({self.grace_period_s:g}): no time would be left to finish requests"
+            )
+        if problems:
+            raise ValueError("incompatible settings: " + "; ".join(problems))
+        return self
+
+    @property
+    def pixel_budget_bytes(self) -> int:
+        if self.pixel_budget_mb is not None:
+            return int(self.pixel_budget_mb * MIB)
+        return default_pixel_budget(self.max_pixels, memory_limit_bytes())
 
     @property
     def max_upload_bytes(self) -> int:

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         timeout_graceful_shutdown=graceful_timeout(settings.grace_period_s, settings.drain_delay_s),
         lifespan="on",
+        root_path=settings.root_path,  # behind a proxy prefix; the API-key gate strips it too
     )
     server = GracefulServer(
         config, on_drain=app.state.runtime.begin_drain, drain_delay_s=settings.drain_delay_s

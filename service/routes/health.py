@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ..deps import RuntimeDep, require_key_for_health
 from ..runtime import ServiceRuntime
 from ..schemas import HealthStatus
+from ..watchdog import liveness_failures
 
 router = APIRouter(tags=["health"], dependencies=[Depends(require_key_for_health)])
 
@@ -20,9 +23,23 @@ def _readiness(runtime: ServiceRuntime) -> tuple[int, HealthStatus]:
     return 503, HealthStatus(status=status, models=models)
 
 
-@router.get("/healthz", response_model=HealthStatus, summary="The process is alive")
-async def healthz() -> HealthStatus:
-    return HealthStatus(status="alive")
+_NOT_LIVE: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthStatus, "description": "a batch collector died or a batch is stuck"}
+}
+
+
+@router.get(
+    "/healthz",
+    response_model=HealthStatus,
+    responses=_NOT_LIVE,
+    summary="The process is alive and no model is stuck (503 with the reasons otherwise)",
+)
+async def healthz(runtime: RuntimeDep) -> JSONResponse:
+    reasons = liveness_failures(runtime)
+    if reasons:
+        body = HealthStatus(status="not alive", reasons=reasons)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+    return JSONResponse(HealthStatus(status="alive").model_dump(exclude_none=True))
 
 
 @router.get(
@@ -33,12 +50,13 @@ async def healthz() -> HealthStatus:
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     code, body = _readiness(runtime)
-    return JSONResponse(body.model_dump(), status_code=code)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=code)
 
 
-@router.get("/v2/health/live", summary="Open Inference Protocol liveness")
-async def v2_live() -> dict[str, bool]:
-    return {"live": True}
+@router.get("/v2/health/live", responses=_NOT_LIVE, summary="Open Inference Protocol liveness")
+async def v2_live(runtime: RuntimeDep) -> JSONResponse:
+    live = not liveness_failures(runtime)
+    return JSONResponse({"live": live}, status_code=200 if live else 503)
 
 
 @router.get(

@@ -8,18 +8,27 @@ the heatmap PNG itself, with the verdict in ``X-Anomaly-*`` headers.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import pipeline
 from ..deps import RuntimeDep, require_api_key
-from ..errors import InvalidRequestError, UnsupportedMediaTypeError
+from ..errors import (
+    ClientDisconnectedError,
+    InvalidRequestError,
+    QueueFullError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
 from ..imaging import OutputOptions
-from ..runtime import ServiceRuntime
-from ..schemas import ErrorBody, PredictBatchResponse, PredictionResult
+from ..middleware import ARRIVAL_KEY
+from ..runtime import ServedModel, ServiceRuntime
+from ..schemas import ErrorBody, FileError, PredictBatchResponse, PredictionResult, file_error
+from ..upload import FilePart, boundary_of, read_files
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
@@ -31,16 +40,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         404: "unknown model",
         413: "upload over the size limit, or image over the pixel limit",
         415: "not multipart/form-data, or a file that is not an image",
-        422: "no file, too many files, or bad query flags",
+        422: "no file, too many files, malformed multipart, or bad query flags",
         500: "inference failed for the batch this request was in",
-        503: "queue full or not ready (see Retry-After)",
-        504: "timed out before inference finished",
+        503: "refused before any work: queue full, cannot finish before its deadline "
+        "(overloaded), or not ready; see Retry-After",
+        504: "accepted, but timed out (counted from arrival) before it finished",
     }.items()
 }
 _OK: dict[int | str, dict[str, Any]] = {
     200: {
+        "model": PredictionResult | PredictBatchResponse,
         "content": {"image/png": {}},
-        "description": "one JSON object per single-file request, {results: [...]} for `files`; "
+        "description": "one JSON object per single-file request; {results: [...]} for `files`, "
+        "one result or error object per file, 200 when at least one file was scored; "
         "the heatmap PNG with `Accept: image/png`",
     }
 }
@@ -59,8 +71,6 @@ class PredictQuery(BaseModel):
 
 
 Flags = Annotated[PredictQuery, Query()]
-FileField = Annotated[UploadFile | None, File(description="one image")]
-FilesField = Annotated[list[UploadFile] | None, File(description="several images")]
 
 
 def _wants_png(accept: str | None) -> bool:
@@ -84,49 +94,131 @@ def _wants_png(accept: str | None) -> bool:
     return best is not None and best[2] == "png"
 
 
-def _check_content_type(request: Request) -> None:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "multipart/form-data":
-        raise UnsupportedMediaTypeError(
-            f"expected multipart/form-data with the image in field 'file', got '{media[:64]}'"
-        )
+def _as_upload(part: FilePart, index: int, multi: bool) -> pipeline.Upload | ServiceError:
+    name = part.filename or f"file {index + 1}"
+    media = part.content_type
+    if media and not (media.startswith("image/") or media == "application/octet-stream"):
+        error = UnsupportedMediaTypeError(f"{name}: content type '{media[:64]}' is not an image")
+        if not multi:
+            raise error
+        return error
+    return pipeline.Upload(name, bytes(part.data))
 
 
-async def _read_uploads(
-    runtime: ServiceRuntime, file: UploadFile | None, files: list[UploadFile] | None
-) -> list[pipeline.Upload]:
-    if file is not None and files:
+def arrival_time(request: Request) -> float:
+    """When the request reached the app (``loop.time()``), stamped by the metrics middleware:
+    the deadline counts from there, upload time included."""
+    arrived = request.scope.get("state", {}).get(ARRIVAL_KEY)
+    return float(arrived) if arrived is not None else asyncio.get_running_loop().time()
+
+
+async def _read_admitted(
+    request: Request, runtime: ServiceRuntime, model: ServedModel, deadline: float
+) -> tuple[list[FilePart], Callable[[], None]]:
+    """Admit one image before the body is read and one more per further file part as it begins;
+    return the file parts and the function that gives the reservation back."""
+    loop = asyncio.get_running_loop()
+    admission = model.admission
+    max_files = runtime.settings.max_files
+    reserved = 0
+
+    def release() -> None:
+        nonlocal reserved
+        admission.release(reserved)
+        reserved = 0
+
+    def admit() -> None:
+        nonlocal reserved
+        try:
+            admission.admit(1, now=loop.time(), deadline=deadline)
+        except QueueFullError as exc:
+            runtime.metrics.overloaded.labels(model.name, exc.code).inc()
+            raise
+        reserved += 1
+
+    def on_file(part: FilePart) -> None:
+        count = len(parts_seen)
+        parts_seen.append(part)
+        if count + 1 > max_files:
+            raise InvalidRequestError(f"more than {max_files} files in one request")
+        if count + 1 > reserved:
+            admit()
+
+    parts_seen: list[FilePart] = []
+    admit()  # before one byte of the body is read
+    try:
+        files = await read_files(request, on_file)
+    except BaseException:
+        release()
+        raise
+    if len(files) < reserved:  # no file at all: nothing to hold
+        admission.release(reserved - len(files))
+        reserved = len(files)
+    return files, release
+
+
+def _choose(files: list[FilePart]) -> bool:
+    """Whether the request is multi-file (field ``files``); checks the field combination."""
+    fields = {part.name for part in files}
+    if fields == {"file", "files"}:
         raise InvalidRequestError("send either one 'file' or several 'files', not both")
-    chosen = [file] if file is not None else list(files or [])
-    if not chosen:
+    if not files:
         raise InvalidRequestError("no image: send it as multipart field 'file' (or 'files')")
-    if len(chosen) > runtime.settings.max_files:
-        raise InvalidRequestError(
-            f"{len(chosen)} files in one request; the limit is {runtime.settings.max_files}"
-        )
-    uploads = []
-    for index, upload in enumerate(chosen):
-        name = (upload.filename or f"file {index + 1}")[:128]
-        media = (upload.content_type or "").split(";")[0].strip().lower()
-        if media and not (media.startswith("image/") or media == "application/octet-stream"):
-            raise UnsupportedMediaTypeError(f"{name}: content type '{media[:64]}' is not an image")
-        uploads.append(pipeline.Upload(name, await upload.read()))
-    return uploads
+    if fields == {"file"} and len(files) > 1:
+        raise InvalidRequestError("field 'file' takes one image; send several as 'files'")
+    return fields == {"files"}
 
 
 async def _predict(
+    request: Request, runtime: ServiceRuntime, name: str | None, query: PredictQuery
+) -> Response:
+    deadline = arrival_time(request) + runtime.settings.request_timeout_s
+    boundary_of(request.headers.get("content-type", ""))  # 415 before anything else
+    model = runtime.get(name)
+    pipeline.ensure_ready(runtime, model)
+    files, release = await _read_admitted(request, runtime, model, deadline)
+    try:
+        multi = _choose(files)
+        uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
+        del files  # the parts' buffers: the uploads hold the bytes now
+        work = _score(request, runtime, model, query, uploads, multi, deadline)
+        return await _until_disconnect(request, work)
+    finally:
+        release()
+
+
+async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
+    """Run ``work`` but cancel it when the client hangs up: its queued images leave the batcher
+    and its decodes are not started (no work for nobody)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():  # cancelled by the watcher: client gone
+            raise ClientDisconnectedError("the client closed the connection") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+async def _score(
     request: Request,
     runtime: ServiceRuntime,
-    name: str | None,
+    model: ServedModel,
     query: PredictQuery,
-    file: UploadFile | None,
-    files: list[UploadFile] | None,
-) -> Response | PredictionResult | PredictBatchResponse:
-    deadline = asyncio.get_running_loop().time() + runtime.settings.request_timeout_s
-    _check_content_type(request)
-    model = runtime.get(name)
-    uploads = await _read_uploads(runtime, file, files)
-    multi = files is not None
+    uploads: list[pipeline.Upload | ServiceError],
+    multi: bool,
+    deadline: float,
+) -> Response:
     png = not multi and _wants_png(request.headers.get("accept"))
     options = OutputOptions(
         heatmap=query.heatmap and not png,  # the PNG answer encodes its own heatmap
@@ -136,56 +228,93 @@ async def _predict(
         original_size=query.heatmap_size == "original",
         overlay_max_side=runtime.settings.overlay_max_side,
     )
-    predictions = await pipeline.predict(runtime, model, uploads, options, deadline=deadline)
-    results = [pipeline.to_result(model, u, p) for u, p in zip(uploads, predictions, strict=True)]
-    if png:
-        body, _ = await pipeline.heatmap_png_bytes(
-            runtime, model, predictions[0], options.original_size
+    outcomes = await pipeline.predict(runtime, model, uploads, options, deadline=deadline)
+    if not multi:
+        prediction = outcomes[0]
+        if isinstance(prediction, ServiceError):
+            raise prediction
+        result = pipeline.to_result(model, uploads[0], prediction)  # type: ignore[arg-type]
+        if png:
+            body, _ = await pipeline.heatmap_png_bytes(
+                runtime, model, prediction, options.original_size
+            )
+            headers = {
+                "X-Anomaly-Score": f"{result.score:.6g}",
+                "X-Anomaly-Normalized-Score": f"{result.normalized_score:.6f}",
+                "X-Anomaly-Verdict": "anomalous" if result.is_anomalous else "normal",
+            }
+            return Response(body, media_type="image/png", headers=headers)
+        return _json(result, 200)
+    results: list[PredictionResult | FileError] = []
+    for index, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
+        if isinstance(outcome, ServiceError):
+            filename = upload.filename if isinstance(upload, pipeline.Upload) else None
+            results.append(file_error(outcome, filename or f"file {index + 1}"))
+        else:
+            assert isinstance(upload, pipeline.Upload)
+            results.append(pipeline.to_result(model, upload, outcome))
+    errors = [r for r in results if isinstance(r, FileError)]
+    # 200 when any file was scored; when none was, the first file's status (all errors listed).
+    status = 200 if len(errors) < len(results) else errors[0].status
+    answer = PredictBatchResponse(results=results)
+    if status != 200:
+        return JSONResponse(
+            {"error": errors[0].error, "detail": "no file could be scored", **_dump(answer)},
+            status_code=status,
         )
-        result = results[0]
-        headers = {
-            "X-Anomaly-Score": f"{result.score:.6g}",
-            "X-Anomaly-Normalized-Score": f"{result.normalized_score:.6f}",
-            "X-Anomaly-Verdict": "anomalous" if result.is_anomalous else "normal",
-        }
-        return Response(body, media_type="image/png", headers=headers)
-    return PredictBatchResponse(results=results) if multi else results[0]
+    return _json(answer, 200)
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def _json(model: BaseModel, status: int) -> JSONResponse:
+    return JSONResponse(_dump(model), status_code=status)
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {**_OK, **_ERRORS}
-ResultModel = PredictionResult | PredictBatchResponse
+
+# The body is read by the route itself (service.upload), so the multipart schema is declared here.
+_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "one image"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "several images: one result or error object each",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @router.post(
     "/predict",
     summary="Score images with the default model",
-    response_model=ResultModel,
-    response_model_exclude_none=True,
+    response_model=None,
     responses=RESPONSES,
+    openapi_extra=_REQUEST_BODY,
 )
-async def predict_default(
-    request: Request,
-    runtime: RuntimeDep,
-    flags: Flags,
-    file: FileField = None,
-    files: FilesField = None,
-) -> Response | PredictionResult | PredictBatchResponse:
-    return await _predict(request, runtime, None, flags, file, files)
+async def predict_default(request: Request, runtime: RuntimeDep, flags: Flags) -> Response:
+    return await _predict(request, runtime, None, flags)
 
 
 @router.post(
     "/models/{name}/predict",
     summary="Score images with a named model",
-    response_model=ResultModel,
-    response_model_exclude_none=True,
+    response_model=None,
     responses=RESPONSES,
+    openapi_extra=_REQUEST_BODY,
 )
-async def predict_named(
-    name: str,
-    request: Request,
-    runtime: RuntimeDep,
-    flags: Flags,
-    file: FileField = None,
-    files: FilesField = None,
-) -> Response | PredictionResult | PredictBatchResponse:
-    return await _predict(request, runtime, name, flags, file, files)
+async def predict_named(name: str, request: Request, runtime: RuntimeDep, flags: Flags) -> Response:
+    return await _predict(request, runtime, name, flags)

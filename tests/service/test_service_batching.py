@@ -74,7 +74,8 @@ async def test_lone_request_does_not_wait_for_the_batch_window(make_client, imag
 
 async def test_full_queue_answers_503_at_once(make_client, images, control) -> None:
     data = images.png()
-    async with make_client(control=control, max_batch_size=1, max_queue=2) as client:
+    # max_queue counts every image in flight: the running one and two queued.
+    async with make_client(control=control, max_batch_size=1, max_queue=3, max_files=1) as client:
         control.gate.clear()
         control.entered.clear()
         running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
@@ -125,8 +126,10 @@ async def test_image_that_cannot_finish_in_time_is_not_run(make_client, images, 
         )
         control.delay_s = 0.0
     # The second image would start at ~0.35 s and end at ~0.7 s, past its 0.5 s deadline: it is
-    # answered 504 without reaching the engine, instead of running for a client that has gone.
-    assert sorted(r.status_code for r in pair) == [200, 504]
+    # refused at admission (503, never tried) without reaching the engine.
+    assert sorted(r.status_code for r in pair) == [200, 503]
+    refused = next(r for r in pair if r.status_code == 503)
+    assert refused.json()["error"] == "overloaded" and int(refused.headers["Retry-After"]) >= 1
     assert control.batch_sizes == [1]
 
 

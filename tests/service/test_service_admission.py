@@ -1,0 +1,393 @@
+"""Admission before work, the decoded-pixel budget, load shedding, per-file results, liveness,
+the API key behind a root_path, and settings refused at start."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from rdad.service.admission import LatencyModel, ModelAdmission, OverloadedError, PixelBudget
+from rdad.service.errors import QueueFullError, RequestTimeoutError
+from rdad.service.resources import MIB, default_pixel_budget, memory_limit_bytes
+from rdad.service.settings import Settings
+
+BOUNDARY = b"rdadb"
+
+
+async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def _model(client: Any) -> Any:
+    return client.app.state.runtime.models["tiny"]
+
+
+# --- units ----------------------------------------------------------------------------------
+
+
+def test_latency_model_interpolates_per_batch_size() -> None:
+    latency = LatencyModel()
+    assert latency.expected(4) is None
+    latency.record(1, 0.9, provisional=True)  # warm-up guess...
+    latency.record(1, 0.1)  # ...replaced by the first real batch, not averaged with it
+    latency.record(8, 0.8)
+    assert latency.expected(1) == pytest.approx(0.1)
+    assert latency.expected(4) == pytest.approx(0.1 + 3 / 7 * 0.7)
+    assert latency.expected(16) == pytest.approx(1.6)  # beyond the largest: linear, pessimistic
+    latency.record(8, 1.8)
+    assert 0.8 < latency.expected(8) < 1.8  # smoothed, not the last batch's wall time
+    # 20 images at batch 8: two full batches and one of 4.
+    assert latency.drain_s(20, 8) == pytest.approx(2 * latency.expected(8) + latency.expected(4))
+
+
+def test_admission_refuses_what_cannot_finish_and_always_admits_an_idle_model() -> None:
+    admission = ModelAdmission("m", max_batch_size=4, max_queue=10, retry_after_s=1)
+    admission.latency.record(4, 1.0)
+    admission.latency.record(1, 1.0)
+    admission.admit(1, now=0.0, deadline=0.5)  # idle: tried even though 1 s > 0.5 s
+    with pytest.raises(OverloadedError) as refused:
+        admission.admit(4, now=0.0, deadline=1.5)  # 5 images ahead → 2 batches = 2 s
+    assert refused.value.retry_after_s == 1
+    admission.admit(3, now=0.0, deadline=3.0)
+    with pytest.raises(QueueFullError):
+        admission.admit(7, now=0.0, deadline=100.0)  # 4 + 7 > 10
+    admission.release(4)
+    assert admission.admitted == 0
+
+
+async def test_pixel_budget_waits_in_order_and_times_out() -> None:
+    budget = PixelBudget(100)
+    loop = asyncio.get_running_loop()
+    assert await budget.acquire(60, deadline=loop.time() + 1) == 60
+    second = asyncio.ensure_future(budget.acquire(60, deadline=loop.time() + 5))
+    await asyncio.sleep(0.01)
+    assert not second.done() and budget.in_use == 60  # never over the budget
+    with pytest.raises(RequestTimeoutError):
+        await budget.acquire(10, deadline=loop.time() + 0.05)  # behind the waiter: FIFO
+    budget.release(60)
+    assert await second == 60 and budget.in_use == 60
+    budget.release(60)
+    assert budget.in_use == 0
+
+
+async def test_pixel_budget_caps_one_request_at_the_whole_budget() -> None:
+    budget = PixelBudget(100)
+    loop = asyncio.get_running_loop()
+    assert await budget.acquire(500, deadline=loop.time() + 1) == 100
+    budget.release(100)
+    assert budget.in_use == 0
+
+
+def test_default_pixel_budget_follows_the_memory_limit(tmp_path) -> None:
+    limit = tmp_path / "memory.max"
+    limit.write_text("2147483648\n")  # a 2 GiB pod
+    assert memory_limit_bytes((limit,)) == min(2 * 1024 * MIB, memory_limit_bytes(()) or 2**62)
+    assert default_pixel_budget(1_000_000, 2 * 1024 * MIB) == 128 * MIB
+    assert default_pixel_budget(1_000_000, 64 * 1024 * MIB) == 512 * MIB  # capped
+    assert default_pixel_budget(40_000_000, 1024 * MIB) == 160_000_000  # one image always fits
+    limit.write_text("max\n")  # cgroup v2 without a limit: physical RAM
+    assert memory_limit_bytes((limit,)) == memory_limit_bytes(())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_queue": 4, "max_files": 8}, "max_queue"),
+        ({"drain_delay_s": 30, "grace_period_s": 25}, "drain_delay_s"),
+        ({"pixel_budget_mb": 10, "max_pixels": 40_000_000}, "pixel_budget_mb"),
+        ({"max_pixels": 400_000_000}, "Pillow"),
+    ],
+)
+def test_incompatible_settings_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**settings)
+
+
+def test_pillow_keeps_its_bomb_limit() -> None:
+    from PIL import Image
+
+    import rdad.imaging  # noqa: F401  (importing it must not switch Pillow's check off)
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+
+
+# --- admission before the body ----------------------------------------------------------------
+
+
+async def _stream_post(app: Any, path: str, chunks: list[bytes]) -> tuple[int, int, dict]:
+    """POST ``chunks`` as a multipart body; return status, chunks read and the JSON answer."""
+    reads = 0
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"rdad"),
+            (b"content-type", b"multipart/form-data; boundary=" + BOUNDARY),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("rdad", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        if reads >= len(chunks):
+            await asyncio.sleep(3600)  # the client would wait forever: the server must not
+        reads += 1
+        return {"type": "http.request", "body": chunks[reads - 1], "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], reads, json.loads(body)
+
+
+def _part(data: bytes, field: str = "files", name: str = "a.png") -> bytes:
+    return (
+        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; '
+        b'filename="' + name.encode() + b'"\r\nContent-Type: image/png\r\n\r\n' + data + b"\r\n"
+    )
+
+
+async def test_full_model_is_refused_before_the_body_is_read(make_client, images) -> None:
+    async with make_client(max_queue=2, max_files=2) as client:
+        _model(client).admission.admitted = 2  # two images in flight elsewhere
+        status, reads, body = await _stream_post(client.app, "/predict", [_part(images.png())])
+        _model(client).admission.admitted = 0
+    assert (status, reads, body["error"]) == (503, 0, "queue_full")
+
+
+async def test_too_many_files_are_refused_as_the_part_begins(make_client, images) -> None:
+    png = images.png()
+    async with make_client(max_files=2) as client:
+        chunks = [_part(png, name=f"{i}.png") for i in range(3)] + [b"\x00" * 65536] * 50
+        status, reads, body = await _stream_post(client.app, "/predict", chunks)
+        assert _model(client).admission.admitted == 0  # every reservation given back
+    assert status == 422 and body["error"] == "invalid_request"
+    assert reads == 3  # stopped at the third file's headers, not at the end of the body
+
+
+async def test_overloaded_model_answers_503_at_once(make_client, images, control) -> None:
+    data = images.png()
+    async with make_client(control=control, max_batch_size=1, request_timeout_s=2) as client:
+        _model(client).admission.latency.record(1, 1.5)  # one batch takes 1.5 s
+        control.gate.clear()
+        control.entered.clear()
+        running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
+        await _until(control.entered.is_set)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        refused = await client.post("/predict", files=images.upload(data))
+        refused_s = loop.time() - start
+        control.gate.set()
+        first = await running
+        metrics = (await client.get("/metrics")).text
+    assert first.status_code == 200
+    assert refused.status_code == 503 and refused.json()["error"] == "overloaded"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused_s < 1.0  # at once, not after waiting for its timeout
+    assert images.metric(metrics, "rdad_admission_refused_total", reason="overloaded") == 1
+
+
+async def test_deadline_counts_from_arrival_including_the_upload(make_client, images) -> None:
+    async with make_client(request_timeout_s=0.3) as client:
+        chunks = [_part(images.png(), field="file")[:40]]
+        # A client that trickles its upload past the whole timeout gets 504, not a fresh budget.
+        app = client.app
+
+        async def slow_receive_app() -> tuple[int, dict]:
+            sent: list[dict[str, Any]] = []
+            pieces = [*chunks, _part(images.png(), field="file")[40:], b"--rdadb--\r\n"]
+
+            async def receive() -> dict[str, Any]:
+                await asyncio.sleep(0.2)
+                body = pieces.pop(0) if pieces else b""
+                return {"type": "http.request", "body": body, "more_body": bool(pieces)}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict",
+                "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+                "server": ("rdad", 80),
+                "headers": [(b"content-type", b"multipart/form-data; boundary=rdadb")],
+            }  # fmt: skip
+            await app(scope, receive, send)
+            body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+            return sent[0]["status"], json.loads(body)
+
+        status, body = await slow_receive_app()
+        after = await client.post("/predict", files=images.upload(images.png()))
+    assert status == 504 and body["error"] == "timeout"
+    assert after.status_code == 200
+
+
+async def test_pixel_budget_bounds_decodes_in_flight(make_client, images) -> None:
+    big = images.png(900, 900)  # 900×900×4 bytes ≈ 3.2 MB each at decode
+    async with make_client(pixel_budget_mb=4, max_pixels=1_000_000) as client:
+        budget = client.app.state.runtime.pixel_budget
+        peak = 0
+        stop = False
+
+        async def sample() -> None:
+            nonlocal peak
+            while not stop:
+                peak = max(peak, budget.in_use)
+                await asyncio.sleep(0)
+
+        sampler = asyncio.create_task(sample())
+        files = [("files", (f"{i}.png", big, "image/png")) for i in range(6)]
+        answers = await asyncio.gather(*(client.post("/predict", files=files) for _ in range(3)))
+        stop = True
+        await sampler
+        in_use_after = budget.in_use
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert 0 < peak <= 4 * 1024 * 1024
+    assert in_use_after == 0
+
+
+async def test_overlay_keeps_only_an_overlay_sized_view(make_client, images) -> None:
+    from rdad.service.imaging import decode_upload
+
+    data = images.png(1200, 900)
+    plain = decode_upload(data, model_size=64, max_pixels=10**7)
+    overlay = decode_upload(data, model_size=64, max_pixels=10**7, overlay_max_side=256)
+    assert plain.view is None and plain.retained_bytes == 64 * 64 * 3
+    assert overlay.view is not None and overlay.view.shape == (192, 256, 3)
+    async with make_client(overlay_max_side=256) as client:
+        answer = await client.post("/predict", params={"overlay": True}, files=images.upload(data))
+    assert answer.status_code == 200
+    overlay_png = base64.b64decode(answer.json()["overlay_png"])
+    assert images.decode_png(overlay_png).shape[:2] == (192, 256)
+
+
+# --- per-file results -------------------------------------------------------------------------
+
+
+async def test_multi_file_request_answers_each_file(make_client, images, reference) -> None:
+    good = images.png(80, 70)
+    files = [
+        ("files", ("good.png", good, "image/png")),
+        ("files", ("broken.png", b"not an image", "image/png")),
+        ("files", ("notes.txt", b"hello", "text/plain")),
+        ("files", ("good2.png", good, "image/png")),
+    ]
+    async with make_client() as client:
+        mixed = await client.post("/predict", files=files)
+        all_bad = await client.post("/predict", files=files[1:3])
+        single_bad = await client.post("/predict", files=images.upload(b"not an image"))
+    assert mixed.status_code == 200
+    results = mixed.json()["results"]
+    assert [r.get("status") for r in results] == [None, 400, 415, None]
+    assert results[0]["score"] == pytest.approx(reference(good)[1], abs=1e-5)
+    assert results[1]["error"] == "bad_image" and results[1]["filename"] == "broken.png"
+    assert results[2]["error"] == "unsupported_media_type"
+    assert results[3]["score"] == results[0]["score"]
+    # Nothing scored: the first file's status, every file's error listed.
+    assert all_bad.status_code == 400
+    assert [r["status"] for r in all_bad.json()["results"]] == [400, 415]
+    # Single-file behaviour is unchanged: the error itself.
+    assert single_bad.status_code == 400 and single_bad.json()["error"] == "bad_image"
+
+
+# --- liveness ---------------------------------------------------------------------------------
+
+
+async def test_a_hung_runner_turns_liveness_to_503(make_client, images, control) -> None:
+    async with make_client(control=control, stuck_batch_s=0.3, request_timeout_s=2) as client:
+        healthy = await client.get("/healthz")
+        control.gate.clear()  # the next batch hangs inside the engine
+        control.entered.clear()
+        hung = asyncio.create_task(client.post("/predict", files=images.upload(images.png())))
+        await _until(control.entered.is_set)
+        await asyncio.sleep(0.4)
+        stuck = await client.get("/healthz")
+        oip = await client.get("/v2/health/live")
+        metrics = (await client.get("/metrics")).text
+        control.gate.set()
+        assert (await hung).status_code in (200, 504)
+        recovered = await client.get("/healthz")
+    assert healthy.status_code == 200 and healthy.json()["status"] == "alive"
+    assert stuck.status_code == 503 and stuck.json()["status"] == "not alive"
+    assert "running for" in stuck.json()["reasons"][0]
+    assert oip.status_code == 503 and oip.json() == {"live": False}
+    assert images.metric(metrics, "rdad_live") == 0
+    assert images.metric(metrics, "rdad_liveness_failure", model="tiny", reason="batch_stuck") == 1
+    assert images.metric(metrics, "rdad_batch_running_seconds", model="tiny") > 0.3
+    assert recovered.status_code == 200
+
+
+async def test_a_dead_collector_turns_liveness_to_503(make_client) -> None:
+    async with make_client() as client:
+        batcher = _model(client).batcher
+        task = batcher._loop_task
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        dead = await client.get("/healthz")
+        metrics = (await client.get("/metrics")).text
+    assert dead.status_code == 503
+    assert "collector" in dead.json()["reasons"][0]
+    assert 'rdad_liveness_failure{model="tiny",reason="collector_dead"} 1.0' in metrics
+
+
+# --- API key behind a prefix --------------------------------------------------------------------
+
+
+async def test_api_key_gate_works_behind_a_root_path(make_client, images) -> None:
+    async with make_client(api_key="s3cret") as client:
+        status, reads, body = await _stream_post_prefixed(client.app, images.png())
+        keyed = await _stream_post_prefixed(client.app, images.png(), key=b"Bearer s3cret")
+    assert (status, reads, body["error"]) == (401, 0, "unauthorized")
+    assert keyed[0] == 200 and "score" in keyed[2]
+
+
+async def _stream_post_prefixed(
+    app: Any, png: bytes, key: bytes | None = None
+) -> tuple[int, int, dict]:
+    """What uvicorn passes behind ``--root-path /rdad``: the full path plus the root_path."""
+    reads = 0
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/rdad/predict", "raw_path": b"/rdad/predict",
+        "query_string": b"", "root_path": "/rdad", "client": ("127.0.0.1", 1),
+        "server": ("rdad", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)]
+        + ([(b"authorization", key)] if key else []),
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            await asyncio.sleep(3600)  # no disconnect until the answer is out
+        body = _part(png, field="file") + b"--" + BOUNDARY + b"--\r\n"
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], reads, json.loads(body)
