@@ -19,6 +19,7 @@ from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import (
     ApiKeyGateMiddleware,
+    HeaderLimitMiddleware,
     RequestMetricsMiddleware,
     UploadLimitMiddleware,
 )
@@ -63,6 +64,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKeyGateMiddleware, api_key=settings.api_key)  # before any body read
+    app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s
     for module in (predict, models, health, metrics):
         app.include_router(module.router)

@@ -64,6 +64,29 @@ class UploadLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+MAX_HEADER_BYTES = 64 * 1024
+"""All request headers together. httptools (uvicorn[standard]) sets no limit of its own, so a
+client could make every request carry megabytes of headers; real clients send well under 8 KiB."""
+
+
+class HeaderLimitMiddleware:
+    """431 (JSON) for requests whose headers total more than :data:`MAX_HEADER_BYTES`."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+            if size > self.max_bytes:
+                detail = f"request headers total {size:,} bytes, over {self.max_bytes:,}"
+                response = error_response(431, "headers_too_large", detail, {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class ApiKeyGateMiddleware:
     """401 for unauthenticated predict/model requests *before* the body is read.
 
