@@ -12,8 +12,9 @@ update, so concurrent requests see each other's reservations at once):
   504. A request arriving at an empty model is always admitted, so a slow estimate can never refuse
   every request and starve the model of the batches that would correct it.
 * :class:`PixelBudget` — bytes of decoded pixels in flight across all requests. A decode reserves
-  its peak size (from the image header) before it starts and keeps only what the request still
-  needs (the model input, and the overlay-size view when an overlay is asked for) once it is done.
+  its peak size (from the image header) before it starts and gives it back when it returns; the
+  full-size decode is gone by then (only the model input, and an overlay-size view when an overlay
+  is asked for, are kept).
 """
 
 from __future__ import annotations

@@ -93,43 +93,33 @@ def ensure_ready(runtime: ServiceRuntime, model: ServedModel) -> None:
         raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
 
 
-@dataclass
-class _Decoding:
-    """One request's decodes and the pixel-budget bytes they still hold."""
+async def _decode_within_budget(
+    runtime: ServiceRuntime, upload: Upload, size: int, overlay: int | None, deadline: float
+) -> tuple[imaging.DecodedImage, float]:
+    """Header check, then the decode once the pixel budget has room for its peak size.
 
-    runtime: ServiceRuntime
-    held: int = 0
-
-    async def decode(
-        self, upload: Upload, size: int, overlay: int | None, deadline: float
-    ) -> tuple[imaging.DecodedImage, float]:
-        runtime = self.runtime
-        max_pixels = runtime.settings.max_pixels
-        try:
-            header = imaging.read_header(
-                upload.data, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay
-            )
-        except ImageTooLargeError as exc:
-            raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
-        except (ImageDecodeError, BadImageError) as exc:
-            raise BadImageError(f"{upload.filename}: {exc}") from None
-        budget = runtime.pixel_budget
-        granted = await budget.acquire(header.decode_bytes, deadline=deadline)
-        try:
-            decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline)
-            decoded, seconds = await _in_pool(runtime, decode)
-        except BaseException:
-            budget.release(granted)
-            raise
-        # The full-size decode is gone; keep only what the request still holds.
-        keep = min(decoded.retained_bytes, granted)
-        budget.release(granted - keep)
-        self.held += keep
-        return decoded, seconds
-
-    def release(self) -> None:
-        self.runtime.pixel_budget.release(self.held)
-        self.held = 0
+    The budget covers the decodes (where the memory goes: a full-size RGB buffer each) and is
+    given back as soon as the decode returns. What a request keeps afterwards — the model input
+    and, with an overlay, an overlay-size copy — is bounded by ``max_queue`` images per model and
+    is not held against the budget: a request holding it while waiting for room for its next
+    decode could otherwise block the very decodes it waits behind.
+    """
+    max_pixels = runtime.settings.max_pixels
+    try:
+        header = imaging.read_header(
+            upload.data, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay
+        )
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
+    except (ImageDecodeError, BadImageError) as exc:
+        raise BadImageError(f"{upload.filename}: {exc}") from None
+    budget = runtime.pixel_budget
+    granted = await budget.acquire(header.decode_bytes, deadline=deadline)
+    try:
+        decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline)
+        return await _in_pool(runtime, decode)
+    finally:
+        budget.release(granted)
 
 
 async def predict(
@@ -151,35 +141,31 @@ async def predict(
     overlay = options.overlay_max_side if options.overlay else None
     loop = asyncio.get_running_loop()
     started = loop.time()
-    decoding = _Decoding(runtime)
-    try:
-        valid = [u for u in uploads if isinstance(u, Upload)]
-        with model.batcher.incoming(len(valid)):
-            outcomes = await asyncio.gather(
-                *(decoding.decode(u, size, overlay, deadline) for u in valid),
-                return_exceptions=True,
-            )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
-                raise outcome
-        decoded = [o for o in outcomes if not isinstance(o, BaseException)]
-        own_s = loop.time() - started
-        items = []
-        if decoded:
-            images = [d.model_input for d, _ in decoded]
-            items = await model.batcher.infer(images, deadline=deadline)
-        render_started = loop.time()
-        calibration = model.engine.metadata.calibration
-        assert calibration is not None  # Engine.load refuses uncalibrated models
-        render = imaging.render_outputs
-        rendered = await asyncio.gather(
-            *(
-                _in_pool(runtime, partial(render, d, it.anomaly_map, calibration, options))
-                for (d, _), it in zip(decoded, items, strict=True)
-            )
+    valid = [u for u in uploads if isinstance(u, Upload)]
+    with model.batcher.incoming(len(valid)):
+        outcomes = await asyncio.gather(
+            *(_decode_within_budget(runtime, u, size, overlay, deadline) for u in valid),
+            return_exceptions=True,
         )
-    finally:
-        decoding.release()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
+            raise outcome
+    decoded = [o for o in outcomes if not isinstance(o, BaseException)]
+    own_s = loop.time() - started
+    items = []
+    if decoded:
+        images = [d.model_input for d, _ in decoded]
+        items = await model.batcher.infer(images, deadline=deadline)
+    render_started = loop.time()
+    calibration = model.engine.metadata.calibration
+    assert calibration is not None  # Engine.load refuses uncalibrated models
+    render = imaging.render_outputs
+    rendered = await asyncio.gather(
+        *(
+            _in_pool(runtime, partial(render, d, it.anomaly_map, calibration, options))
+            for (d, _), it in zip(decoded, items, strict=True)
+        )
+    )
     model.admission.record_overhead(own_s + loop.time() - render_started)
     for item in items:
         runtime.metrics.observe_prediction(

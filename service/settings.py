@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     overlay_max_side: int = Field(default=1024, ge=16)
     pixel_budget_mb: float | None = Field(default=None, gt=0.0)
     """Decoded pixels in flight across all requests (MiB). Default: a sixteenth of the memory
-    limit (cgroup / pod limit, else RAM), at most 512 MiB, at least one image at ``max_pixels``.
+    limit (cgroup / pod limit, else RAM), at most 384 MiB, at least one image at ``max_pixels``.
     A decode waits for room; see docs/reliability.md."""
 
     # --- liveness -----------------------------------------------------------------------------
@@ -148,10 +148,10 @@ class Settings(BaseSettings):
                 f"max_pixels ({self.max_pixels}) is over twice Pillow's MAX_IMAGE_PIXELS "
                 f"({pillow_limit}): Pillow refuses such images before our own check"
             )
-        if self.pixel_budget_mb is not None and self.pixel_budget_bytes < 4 * self.max_pixels:
+        if self.pixel_budget_mb is not None and self.pixel_budget_bytes < 5 * self.max_pixels:
             problems.append(
                 f"pixel_budget_mb ({self.pixel_budget_mb:g}) cannot hold one decoded image at "
-                f"max_pixels ({self.max_pixels}, 4 bytes per pixel)"
+                f"max_pixels ({self.max_pixels}, 5 bytes per pixel)"
             )
         if self.drain_delay_s >= self.grace_period_s:
             problems.append(

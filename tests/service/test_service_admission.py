@@ -92,8 +92,8 @@ def test_default_pixel_budget_follows_the_memory_limit(tmp_path) -> None:
     limit.write_text("2147483648\n")  # a 2 GiB pod
     assert memory_limit_bytes((limit,)) == min(2 * 1024 * MIB, memory_limit_bytes(()) or 2**62)
     assert default_pixel_budget(1_000_000, 2 * 1024 * MIB) == 128 * MIB
-    assert default_pixel_budget(1_000_000, 64 * 1024 * MIB) == 512 * MIB  # capped
-    assert default_pixel_budget(40_000_000, 1024 * MIB) == 160_000_000  # one image always fits
+    assert default_pixel_budget(1_000_000, 64 * 1024 * MIB) == 384 * MIB  # capped
+    assert default_pixel_budget(40_000_000, 1024 * MIB) == 200_000_000  # one image always fits
     limit.write_text("max\n")  # cgroup v2 without a limit: physical RAM
     assert memory_limit_bytes((limit,)) == memory_limit_bytes(())
 
@@ -243,8 +243,8 @@ async def test_deadline_counts_from_arrival_including_the_upload(make_client, im
 
 
 async def test_pixel_budget_bounds_decodes_in_flight(make_client, images) -> None:
-    big = images.png(900, 900)  # 900×900×4 bytes ≈ 3.2 MB each at decode
-    async with make_client(pixel_budget_mb=4, max_pixels=1_000_000) as client:
+    big = images.png(900, 900)  # 900×900×5 bytes ≈ 4 MB each at decode: one at a time
+    async with make_client(pixel_budget_mb=5, max_pixels=1_000_000) as client:
         budget = client.app.state.runtime.pixel_budget
         peak = 0
         stop = False
@@ -262,7 +262,7 @@ async def test_pixel_budget_bounds_decodes_in_flight(make_client, images) -> Non
         await sampler
         in_use_after = budget.in_use
     assert [a.status_code for a in answers] == [200, 200, 200]
-    assert 0 < peak <= 4 * 1024 * 1024
+    assert 4_000_000 < peak <= 5 * 1024 * 1024
     assert in_use_after == 0
 
 

@@ -1,0 +1,465 @@
+"""Reliability benchmarks of a real ``rdad serve`` on loopback (issue 9): figures, not asserts.
+
+    python benchmarks/reliability.py SCENARIO --model-dir DIR [--images DIR] [--json OUT]
+
+Scenarios (each starts its own server with the settings it names, then stops it):
+
+* ``memory``  — 6 concurrent requests × 16 flat 6000×6500 PNGs, default settings: peak RSS
+  (the kernel's high-water mark, VmHWM) and the outcomes.
+* ``burst``   — 300 concurrent single-image requests with RDAD_REQUEST_TIMEOUT_S=10: outcomes,
+  latency per status, goodput of the 200s against raw ONNX Runtime measured in the same run.
+* ``steady``  — 2,000 requests at concurrency 32: every status that is not 200 or 503 is an error.
+* ``soak``    — N (default 5,000) requests, mixed image sizes, 1–4 files each, overlay on some:
+  RSS after warm-up vs at the end.
+* ``sigterm`` — 48 requests in flight, then SIGTERM: every request sent before it gets 200.
+* ``hangup``  — clients that hang up mid-upload and while queued: no work left behind (queue
+  depth, pixel budget in use, admitted images back to 0; fewer images inferred than sent).
+
+Loopback only, every loop bounded by a request count and a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = re.search(r"Model name:\s*(.+)", out)
+        flags = re.search(r"Flags:\s*(.+)", out)
+        vec = sorted(
+            f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx"))
+        )
+        return f"{model.group(1).strip() if model else platform.processor()} ({' '.join(vec)})"
+    except OSError:
+        return platform.processor()
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 4) if values else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_kb(pid: int, field: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+class Server:
+    """``rdad serve`` in a subprocess with ``env`` overrides; RSS sampled every 50 ms."""
+
+    def __init__(self, model_dir: Path, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "rdad", "serve", "--model-dir", str(model_dir),
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+        ]  # fmt: skip
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        full_env.pop("RDAD_API_KEY", None)
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=full_env
+        )
+        self.rss_samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        end = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"rdad serve exited; see {log}")
+            if time.monotonic() > end:
+                raise SystemExit("rdad serve never became ready")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set() and self.proc.poll() is None:
+            try:
+                self.rss_samples.append((time.monotonic(), proc_kb(self.proc.pid, "VmRSS")))
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    def rss_mb(self) -> float:
+        return proc_kb(self.proc.pid, "VmRSS") / 1024
+
+    def peak_mb(self) -> float:
+        return proc_kb(self.proc.pid, "VmHWM") / 1024
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
+
+    def stop(self) -> int:
+        self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return int(self.proc.returncode)
+
+
+def metric(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+async def post(
+    client: httpx.AsyncClient, files: list[tuple[str, bytes]], params: dict[str, str] | None = None
+) -> tuple[int, float]:
+    field = "file" if len(files) == 1 else "files"
+    parts = [(field, (name, data, "image/png")) for name, data in files]
+    start = time.monotonic()
+    try:
+        response = await client.post("/predict", files=parts, params=params)
+        status = response.status_code
+    except httpx.HTTPError:
+        status = -1  # connection error / client timeout
+    return status, time.monotonic() - start
+
+
+def flat_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 130, 140)).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def bottle_images(folder: Path, limit: int) -> list[tuple[str, bytes]]:
+    paths = sorted(p for p in folder.rglob("*.png") if "ground_truth" not in p.parts)[:limit]
+    if not paths:
+        raise SystemExit(f"no PNGs under {folder}")
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def summarize(results: list[tuple[int, float]]) -> dict[str, Any]:
+    by_status: dict[int, list[float]] = {}
+    for status, seconds in results:
+        by_status.setdefault(status, []).append(seconds)
+    return {
+        str(status): {
+            "count": len(times),
+            "p50_s": pct(times, 50),
+            "p95_s": pct(times, 95),
+            "max_s": round(max(times), 4),
+        }
+        for status, times in sorted(by_status.items())
+    }
+
+
+def raw_throughput(model_file: Path, batch: int, seconds: float = 8.0) -> float:
+    """Images/s of a bare ONNX Runtime session at ``batch`` (same thread defaults as serving)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    size = int(shape[1]) if isinstance(shape[1], int) else 256
+    images = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+    name = session.get_inputs()[0].name
+    session.run(None, {name: images})
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {name: images})
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    image = flat_png(6000, 6500)
+    server = Server(args.model_dir, {}, args.out / "serve-memory.log")
+    idle = server.rss_mb()
+
+    async def run() -> list[tuple[int, float]]:
+        files = [(f"flat{i}.png", image) for i in range(16)]
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(post(client, files) for _ in range(6)))
+
+    start = time.monotonic()
+    results = asyncio.run(run())
+    wall = time.monotonic() - start
+    peak = server.peak_mb()
+    server.stop()
+    return {
+        "png_bytes": len(image),
+        "rss_idle_mb": round(idle, 1),
+        "peak_rss_mb": round(peak, 1),
+        "wall_s": round(wall, 2),
+        "outcomes": summarize(results),
+    }
+
+
+def burst(args: argparse.Namespace) -> dict[str, Any]:
+    images = bottle_images(args.images, 40)
+    env = {"RDAD_REQUEST_TIMEOUT_S": "10"}
+    model_file = next(args.model_dir.glob("*.onnx"))
+    raw = raw_throughput(model_file, 16)
+    server = Server(args.model_dir, env, args.out / "serve-burst.log")
+
+    async def run() -> tuple[list[tuple[int, float]], float, float]:
+        limits = httpx.Limits(max_connections=320, max_keepalive_connections=320)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            start = time.monotonic()
+            done_at: list[float] = []
+
+            async def one(k: int) -> tuple[int, float]:
+                result = await post(client, [images[k % len(images)]])
+                if result[0] == 200:
+                    done_at.append(time.monotonic())
+                return result
+
+            results = await asyncio.gather(*(one(k) for k in range(300)))
+            span = (max(done_at) - start) if done_at else float("nan")
+            return results, span, start
+
+    results, span, _ = asyncio.run(run())
+    metrics = server.metrics()
+    server.stop()
+    ok = sum(1 for s, _ in results if s == 200)
+    goodput = ok / span if span == span and span > 0 else 0.0
+    return {
+        "raw_ort_batch16_img_s": round(raw, 2),
+        "outcomes": summarize(results),
+        "ok_span_s": round(span, 2),
+        "goodput_img_s": round(goodput, 2),
+        "goodput_vs_raw": round(goodput / raw, 3) if raw else None,
+        "share_504": round(sum(1 for s, _ in results if s == 504) / len(results), 4),
+        "mean_batch": round(
+            metric(metrics, "rdad_batch_size_sum")
+            / max(1, metric(metrics, "rdad_batch_size_count")),
+            2,
+        ),
+    }
+
+
+def steady(args: argparse.Namespace, count: int = 2000, concurrency: int = 32) -> dict[str, Any]:
+    images = bottle_images(args.images, 40)
+    server = Server(args.model_dir, {}, args.out / "serve-steady.log")
+
+    async def run() -> list[tuple[int, float]]:
+        queue = list(range(count))
+        results: list[tuple[int, float]] = []
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+
+            async def worker() -> None:
+                while queue:
+                    k = queue.pop()
+                    results.append(await post(client, [images[k % len(images)]]))
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results
+
+    start = time.monotonic()
+    results = asyncio.run(run())
+    wall = time.monotonic() - start
+    server.stop()
+    errors = sum(1 for s, _ in results if s not in (200, 503))
+    return {
+        "requests": count,
+        "concurrency": concurrency,
+        "wall_s": round(wall, 1),
+        "outcomes": summarize(results),
+        "errors_besides_503": errors,
+    }
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    bottles = bottle_images(args.images, 20)
+    rng = np.random.default_rng(0)
+    small = [(f"s{k}.png", _png(rng, 96 + 16 * k, 80 + 8 * k)) for k in range(6)]
+    large = [(f"l{k}.jpg", _jpeg(rng, 2000 + 100 * k, 1500)) for k in range(3)]
+    pool = bottles + small + large
+    server = Server(args.model_dir, {}, args.out / "serve-soak.log")
+    warmup = min(500, args.soak // 10)
+    rss: dict[str, float] = {}
+
+    async def run() -> list[tuple[int, float]]:
+        results: list[tuple[int, float]] = []
+        counter = iter(range(args.soak))
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+
+            async def worker() -> None:
+                for k in counter:
+                    n = 1 + k % 4
+                    files = [pool[(k * 7 + j) % len(pool)] for j in range(n)]
+                    params = {"overlay": "true"} if k % 5 == 0 else None
+                    results.append(await post(client, files, params))
+                    if len(results) == warmup:
+                        rss["after_warmup_mb"] = server.rss_mb()
+
+            await asyncio.gather(*(worker() for _ in range(8)))
+        return results
+
+    start = time.monotonic()
+    results = asyncio.run(run())
+    wall = time.monotonic() - start
+    rss["end_mb"] = server.rss_mb()
+    rss["peak_mb"] = server.peak_mb()
+    server.stop()
+    growth = rss["end_mb"] / rss["after_warmup_mb"] - 1 if rss.get("after_warmup_mb") else None
+    return {
+        "requests": args.soak,
+        "warmup_requests": warmup,
+        "wall_s": round(wall, 1),
+        "outcomes": summarize(results),
+        "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        "rss_growth": round(growth, 4) if growth is not None else None,
+    }
+
+
+def _png(rng: np.random.Generator, width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(xx + yy) % 256, (xx * 2) % 256, (yy * 3) % 256], -1).astype(np.uint8)
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def sigterm(args: argparse.Namespace, count: int = 48) -> dict[str, Any]:
+    images = bottle_images(args.images, 16)
+    env = {"RDAD_DRAIN_DELAY_S": "1", "RDAD_GRACE_PERIOD_S": "60"}
+    server = Server(args.model_dir, env, args.out / "serve-sigterm.log")
+
+    async def run() -> list[tuple[int, float]]:
+        limits = httpx.Limits(max_connections=count + 4)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            tasks = [asyncio.create_task(post(client, [images[k % 16]])) for k in range(count)]
+            await asyncio.sleep(0.5)  # all connections open and bodies sent
+            server.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(run())
+    code = server.proc.wait(timeout=90)
+    server.stop()
+    return {"in_flight": count, "outcomes": summarize(results), "exit_code": code}
+
+
+def hangup(args: argparse.Namespace, count: int = 40) -> dict[str, Any]:
+    images = bottle_images(args.images, 16)
+    server = Server(args.model_dir, {}, args.out / "serve-hangup.log")
+    before = server.metrics()
+
+    async def mid_upload(k: int) -> None:
+        # Headers and the start of a large body, then the socket closes.
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        head = (
+            "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+            '--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        )
+        writer.write(head.encode() + images[k % 16][1][:20000])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+
+    async def while_queued(client: httpx.AsyncClient, k: int) -> None:
+        with contextlib.suppress(TimeoutError, httpx.HTTPError):
+            await asyncio.wait_for(client.post("/predict", files={"file": images[k % 16]}), 0.15)
+
+    async def run() -> None:
+        await asyncio.gather(*(mid_upload(k) for k in range(count)))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await asyncio.gather(*(while_queued(client, k) for k in range(count)))
+        await asyncio.sleep(3)  # let in-flight work finish or be dropped
+
+    asyncio.run(run())
+    after = server.metrics()
+    good = httpx.post(f"{server.url}/predict", files={"file": images[0]}, timeout=60).status_code
+    server.stop()
+    inferred = metric(after, "rdad_batch_size_sum") - metric(before, "rdad_batch_size_sum")
+    return {
+        "hung_up_mid_upload": count,
+        "hung_up_while_queued": count,
+        "images_inferred": inferred,
+        "queue_depth_after": metric(after, "rdad_queue_depth"),
+        "pixel_budget_bytes_in_use_after": metric(after, "rdad_pixel_budget_bytes_in_use"),
+        "next_request_status": good,
+    }
+
+
+SCENARIOS = {
+    "memory": memory,
+    "burst": burst,
+    "steady": steady,
+    "soak": soak,
+    "sigterm": sigterm,
+    "hangup": hangup,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder with one model")
+    parser.add_argument("--images", type=Path, default=Path("../shared/datasets/mvtec_bottle/test"))
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--soak", type=int, default=5000, help="soak request count")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        start = time.monotonic()
+        result = {
+            "scenario": name,
+            "cpu": cpu_name(),
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": os.getloadavg(),
+            **SCENARIOS[name](args),
+        }
+        result["scenario_wall_s"] = round(time.monotonic() - start, 1)
+        text = json.dumps(result, indent=2)
+        print(text, flush=True)
+        (args.out / f"reliability-{name}.json").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
