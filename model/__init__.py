@@ -2,5 +2,5 @@
 evaluation and ONNX export. Never imports FastAPI.
 
 This ``__init__`` imports nothing on purpose: the service imports torch-free helpers from the top
-level ``rdad`` package only, and ``import model.metrics`` must not pull in torch.
+level ``rdad`` package only, and ``import rdad.model.metrics`` must not pull in torch.
 """

@@ -6,7 +6,7 @@ with cosine similarity; the loss is ``mean_b(1 − cos)`` summed over the three 
 This differs from the paper's Eq. 2, which averages a per-pixel (channel-wise) cosine distance over
 positions. The official code — whose published numbers we reproduce — uses the flattened form; it
 weights large-magnitude positions more and trains more stably. The per-pixel form is still what
-:mod:`model.anomaly_map` uses at inference time, as in both paper and code.
+:mod:`rdad.model.anomaly_map` uses at inference time, as in both paper and code.
 """
 
 from __future__ import annotations

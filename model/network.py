@@ -55,7 +55,7 @@ class ReverseDistillation(nn.Module):
     """Features in training mode, :class:`InferenceOutput` in eval mode.
 
     Only the OCBE and the student decoder are trainable; the teacher is frozen and stays in eval
-    mode (see :class:`model.backbones.Teacher`).
+    mode (see :class:`rdad.model.backbones.Teacher`).
     """
 
     def __init__(

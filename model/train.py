@@ -1,6 +1,6 @@
 """The trainer. Reads top to bottom: data → model → optimiser → epochs → calibration → checkpoint.
 
-All hyper-parameters live in :class:`model.checkpoint.TrainConfig`, which is saved in every
+All hyper-parameters live in :class:`rdad.model.checkpoint.TrainConfig`, which is saved in every
 checkpoint; ``resume=True`` continues from ``OUT/last.pt`` with the same config, weights, optimiser
 and RNG state, so a resumed run ends where an uninterrupted one would.
 """

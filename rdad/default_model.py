@@ -1,7 +1,7 @@
 """The embedded demo model that ``rdad serve`` builds when it finds no model to serve.
 
 A small resnet18 Reverse Distillation model, trained for a few epochs on CPU on the built-in
-synthetic parts (:mod:`model.synthetic`) with a *random* teacher, calibrated and exported to
+synthetic parts (:mod:`rdad.model.synthetic`) with a *random* teacher, calibrated and exported to
 ``MODEL_DIR/demo.onnx``. It exists so that one command gives a working service on a fresh machine;
 it knows nothing about real products. Needs the ``train`` extra (torch), imported only here and
 only when a build is needed: the serving image has no torch and must be given a model folder.

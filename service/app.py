@@ -2,7 +2,7 @@
 
 ``create_app(settings)`` builds an app and does no work: models load (and a broken model folder
 fails the start) and warm up in the lifespan. Run it with one uvicorn worker per GPU
-(``rdad serve``); concurrency comes from the batcher, see :mod:`service.batcher`.
+(``rdad serve``); concurrency comes from the batcher, see :mod:`rdad.service.batcher`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prometheus metrics (prometheus-client), one registry per app.
 
-A registry per :func:`service.app.create_app` call (instead of the global default) lets several
+A registry per :func:`rdad.service.app.create_app` call (instead of the global default) lets several
 apps live in one process (tests) without duplicate-name errors; the default process, platform and
 GC collectors are registered on it so ``/metrics`` still shows ``process_*`` and ``python_*``.
 """

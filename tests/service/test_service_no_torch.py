@@ -1,11 +1,16 @@
-"""The serving side imports no torch: the app starts and answers with torch made unimportable."""
+"""The serving side imports no torch: the app starts and answers with torch made unimportable,
+both from this checkout's install and from the built wheel (``rdad.service`` as a user gets it)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
     """
@@ -57,17 +62,44 @@ SCRIPT = textwrap.dedent(
     asyncio.run(run())
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
     assert not loaded, loaded
-    print("served without torch")
+    import rdad.service
+    print("served without torch from", rdad.service.__file__)
     """
 )
 
 
-def test_service_runs_without_torch(model_dir: Path) -> None:
+def serve_without_torch(model_dir: Path, cwd: Path, pythonpath: Path | None = None) -> Path:
+    """Run SCRIPT in a fresh interpreter; the file ``rdad.service`` was imported from."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(model_dir)],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,  # not the checkout: `import rdad` must not pick up ./rdad by accident
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "served without torch" in result.stdout
+    marker = "served without torch from "
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith(marker)]
+    return Path(line.removeprefix(marker))
+
+
+def test_service_runs_without_torch(model_dir: Path, tmp_path: Path) -> None:
+    origin = serve_without_torch(model_dir, cwd=tmp_path)
+    assert origin == REPO / "service" / "__init__.py"  # the installed rdad.service → service/
+
+
+def test_built_wheel_serves_without_torch(
+    model_dir: Path, built_wheel: Path, tmp_path: Path
+) -> None:
+    """The wheel's own files (a pure-Python wheel installs by unpacking) ahead of everything else
+    on sys.path: what `pip install "rdad[serve]"` puts in site-packages runs without torch."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(built_wheel) as zf:
+        zf.extractall(site)
+    origin = serve_without_torch(model_dir, cwd=tmp_path, pythonpath=site)
+    assert origin == site / "rdad" / "service" / "__init__.py"
