@@ -1,21 +1,35 @@
 """Build-time checks of the rdad images: a wrong base image fails ``docker build``, not the first
 request in production. Run by the Dockerfiles (and imported by ``tests/docker``)::
 
-    python check_image.py serve   # no torch; onnxruntime-gpu's CUDA/cuDNN libraries load
-    python check_image.py train   # torch is a CUDA build; the model code imports
+    python check_image.py serve [--onnxruntime-gpu VERSION]   # no torch; CUDA/cuDNN libraries load
+    python check_image.py train                               # torch is a CUDA build; model imports
 
 The serving image gets CUDA and cuDNN from its ``nvidia/cuda:*-cudnn-runtime-*`` base, so the base
-must carry the CUDA *major* version the resolved onnxruntime-gpu wheel was built for (1.31: CUDA 13,
-cuDNN 9). Loading those libraries needs no GPU, so this runs on any build machine.
+must carry the CUDA *major* version the installed onnxruntime-gpu wheel was built for. Loading those
+libraries needs no GPU, so this runs on any build machine.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import importlib.util
 import sys
 
 CUDNN_MAJOR = 9  # onnxruntime-gpu >= 1.19 is built against cuDNN 9
+
+# The serving image's tested build-argument pairs, by CUDA major version; docker/Dockerfile's
+# defaults are the CUDA 13 pair. CUDA 12 serves hosts whose NVIDIA driver predates 580.
+BUILD_PAIRS: dict[int, dict[str, str]] = {
+    13: {
+        "CUDA_IMAGE": "nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04",
+        "ONNXRUNTIME_GPU_VERSION": "1.31.1",
+    },
+    12: {
+        "CUDA_IMAGE": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
+        "ONNXRUNTIME_GPU_VERSION": "1.26.0",
+    },
+}
 
 
 class ImageCheckError(RuntimeError):
@@ -32,6 +46,44 @@ def onnxruntime_cuda_major() -> int:
             f"onnxruntime {info.__version__} is not a CUDA build (onnxruntime-gpu)"
         )
     return int(str(version).split(".")[0])
+
+
+def pypi_cuda_major(onnxruntime_gpu_version: str) -> int:
+    """The CUDA major version PyPI's onnxruntime-gpu wheels of a release are built for: 1.19-1.26
+    CUDA 12, 1.27 and newer CUDA 13 (older ones: CUDA 11 / cuDNN 8, which rdad does not support).
+    """
+    major, minor = (int(part) for part in onnxruntime_gpu_version.split(".")[:2])
+    if (major, minor) >= (1, 27):
+        return 13
+    if (major, minor) >= (1, 19):
+        return 12
+    raise ImageCheckError(
+        f"onnxruntime-gpu {onnxruntime_gpu_version} is older than 1.19 (CUDA 11 / cuDNN 8)"
+    )
+
+
+def build_args_hint(cuda_major: int) -> str:
+    pair = BUILD_PAIRS.get(cuda_major)
+    if pair is None:
+        return f"a nvidia/cuda:{cuda_major}.X.Y-cudnn-runtime-ubuntu24.04 base"
+    return " ".join(f"--build-arg {key}={value}" for key, value in pair.items())
+
+
+def check_onnxruntime_version(expected: str) -> None:
+    """The installed onnxruntime-gpu is the build argument's version, and PyPI's CUDA split above
+    holds for it (so the documented pairs stay true)."""
+    import onnxruntime as ort
+
+    if ort.__version__ != expected:
+        raise ImageCheckError(
+            f"onnxruntime {ort.__version__} is installed, ONNXRUNTIME_GPU_VERSION is {expected}"
+        )
+    built_for, expected_major = onnxruntime_cuda_major(), pypi_cuda_major(expected)
+    if built_for != expected_major:
+        raise ImageCheckError(
+            f"onnxruntime-gpu {expected} is built for CUDA {built_for}, not {expected_major}: "
+            "update BUILD_PAIRS and pypi_cuda_major in docker/check_image.py"
+        )
 
 
 def cuda_libraries(cuda_major: int) -> list[str]:
@@ -66,15 +118,16 @@ def check_cuda_libraries() -> list[str]:
             raise ImageCheckError(
                 f"onnxruntime-gpu {ort.__version__} is built for CUDA {major} / cuDNN "
                 f"{CUDNN_MAJOR}, but this image cannot load {soname} ({exc}). Build with a "
-                "matching base, e.g. "
-                f"--build-arg CUDA_IMAGE=nvidia/cuda:{major}.X.Y-cudnn-runtime-ubuntu24.04"
+                f"matching pair: {build_args_hint(major)}"
             ) from None
         loaded.append(soname)
     return loaded
 
 
-def check_serve() -> None:
+def check_serve(onnxruntime_gpu: str | None = None) -> None:
     check_no_torch()
+    if onnxruntime_gpu is not None:
+        check_onnxruntime_version(onnxruntime_gpu)
     loaded = check_cuda_libraries()
     import rdad.service.app  # noqa: F401  (the whole service imports without torch)
 
@@ -94,14 +147,20 @@ def check_train() -> None:
 
 
 def main(argv: list[str]) -> int:
-    checks = {"serve": check_serve, "train": check_train}
-    if len(argv) != 1 or argv[0] not in checks:
-        print(f"usage: check_image.py {{{'|'.join(checks)}}}", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="check_image.py", description=__doc__.split("\n")[0])
+    parser.add_argument("image", choices=["serve", "train"])
+    parser.add_argument("--onnxruntime-gpu", metavar="VERSION", help="expected version (serve)")
     try:
-        checks[argv[0]]()
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors: exit status 2, as argparse's
+        return int(exc.code or 0)
+    try:
+        if args.image == "serve":
+            check_serve(args.onnxruntime_gpu)
+        else:
+            check_train()
     except ImageCheckError as exc:
-        print(f"check_image {argv[0]}: FAILED: {exc}", file=sys.stderr)
+        print(f"check_image {args.image}: FAILED: {exc}", file=sys.stderr)
         return 1
     return 0
 
