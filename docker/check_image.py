@@ -100,7 +100,7 @@ def check_no_torch() -> None:
     for name in ("torch", "torchvision"):
         if importlib.util.find_spec(name) is not None:
             raise ImageCheckError(
-                f"{name} is installed: the serving image must install .[serve] only"
+                f"{name} is installed: the serving image must install requirements/serve.lock only"
             )
 
 
