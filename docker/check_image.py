@@ -51,6 +51,7 @@ def onnxruntime_cuda_major() -> int:
 def pypi_cuda_major(onnxruntime_gpu_version: str) -> int:
     """The CUDA major version PyPI's onnxruntime-gpu wheels of a release are built for: 1.19-1.26
     CUDA 12, 1.27 and newer CUDA 13 (older ones: CUDA 11 / cuDNN 8, which rdad does not support).
+    Read from the wheels' ``build_and_package_info``: 1.26.0 says 12.8, 1.27.0 says 13.0.
     """
     major, minor = (int(part) for part in onnxruntime_gpu_version.split(".")[:2])
     if (major, minor) >= (1, 27):
