@@ -46,6 +46,12 @@ class TrainConfig:
     amp: bool = True
     """Mixed precision (float16 autocast + grad scaling); only ever used on CUDA."""
     checkpoint_every: int = 10
+    tile_size: int = 0
+    """0: whole images resized to ``image_size``. >0: tiled mode (:mod:`rdad.tiling`), tiles of
+    this many pixels (equal to ``image_size``) cut from images scaled by ``tile_scale``."""
+    tile_overlap: int = 0
+    tile_scale: float = 1.0
+    tile_stitch: str = "mean"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:

@@ -8,7 +8,6 @@ Evaluating the ONNX file is the default path of the product: what is served is w
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from rdad.metadata import INPUT_NAME, OUTPUT_NAMES, Calibration, read_onnx_metadata
+from rdad.tiling import Tiling
 
 from . import metrics
-from .data import DatasetError, list_test_samples, load_images, load_mask
+from .data import DatasetError, list_test_samples, load_mask
+from .scoring import score_images
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -31,6 +32,8 @@ class LoadedModel:
     image_size: int
     calibration: Calibration | None
     description: str
+    tiling: Tiling | None = None
+    """Tiled models: images are cut into ``image_size`` tiles and the maps stitched."""
 
 
 def load_for_eval(path: Path, *, batch_size: int = 16, device: str = "cpu") -> LoadedModel:
@@ -59,9 +62,11 @@ def load_for_eval(path: Path, *, batch_size: int = 16, device: str = "cpu") -> L
             meta.image_size,
             meta.calibration,
             f"onnx {path.name} ({meta.backbone}, {meta.precision}, teacher {meta.teacher_weights})",
+            meta.tiling,
         )
 
-    from .checkpoint import checkpoint_calibration, load_model, predict
+    from .checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
+    from .tiles import config_tiling
 
     net, ckpt = load_model(path)
 
@@ -74,27 +79,40 @@ def load_for_eval(path: Path, *, batch_size: int = 16, device: str = "cpu") -> L
         net.image_size,
         checkpoint_calibration(ckpt),
         f"checkpoint {path.name} ({cfg['backbone']}, teacher {ckpt.get('teacher_source')})",
+        config_tiling(TrainConfig.from_dict(cfg)),
     )
 
 
 def evaluate(
-    model_path: Path, data: Path, *, batch_size: int = 16, device: str = "cpu"
+    model_path: Path,
+    data: Path,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    pixel_size: int | None = None,
 ) -> dict[str, Any]:
-    """Run the whole test split of ``data`` and return the report dictionary (JSON-ready)."""
+    """Run the whole test split of ``data`` and return the report dictionary (JSON-ready).
+
+    Pixel metrics are computed on a ``pixel_size`` square grid (default: the model input size).
+    """
     model = load_for_eval(Path(model_path), batch_size=batch_size, device=device)
     samples = list_test_samples(Path(data))
-    loaded = load_images([s.path for s in samples], model.image_size)
+    grid = pixel_size or model.image_size
+    scored = score_images(
+        model.predict,
+        [s.path for s in samples],
+        image_size=model.image_size,
+        tiling=model.tiling,
+        grid=grid,
+    )
     by_path = {s.path: s for s in samples}
-    kept = [by_path[p] for p in loaded.paths]
+    kept = [by_path[p] for p in scored.paths]
     if not kept:
         raise DatasetError(f"no readable test images under {data}")
     labels = np.array([s.label for s in kept])
     defects = [s.defect for s in kept]
-    masks = np.stack([load_mask(s.mask_path, model.image_size) for s in kept])
-
-    t0 = time.perf_counter()
-    maps, scores = model.predict(loaded.images)
-    seconds = time.perf_counter() - t0
+    masks = np.stack([load_mask(s.mask_path, grid) for s in kept])
+    maps, scores, seconds = scored.maps, scored.scores, scored.seconds
 
     f1, f1_threshold = metrics.f1_max(labels, scores)
     report: dict[str, Any] = {
@@ -103,7 +121,9 @@ def evaluate(
         "data": str(data),
         "num_images": len(kept),
         "num_anomalous": int(labels.sum()),
-        "num_skipped": len(loaded.skipped),
+        "num_skipped": len(scored.skipped),
+        "tiling": model.tiling.to_dict() if model.tiling else None,
+        "pixel_metrics_size": grid,
         "image_auroc": metrics.image_auroc(labels, scores),
         "pixel_auroc": metrics.pixel_auroc(masks, maps),
         "aupro": metrics.aupro(masks, maps),

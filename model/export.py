@@ -35,6 +35,7 @@ from .checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
 from .data import load_images
 from .network import ReverseDistillation
 from .synthetic import good_part
+from .tiles import config_tiling
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def build_metadata(ckpt: dict[str, Any], precision: str) -> ModelMetadata:
             "sigma": cfg.sigma,
         },
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        tiling=config_tiling(cfg),
     )
 
 

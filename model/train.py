@@ -27,8 +27,9 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .data import DatasetError, good_training_images, load_images, split_holdout
+from .data import DatasetError, good_training_images, split_holdout
 from .loss import distillation_loss
+from .tiles import load_training_images, stitch_for_calibration
 
 __all__ = ["TrainConfig", "train"]
 
@@ -97,8 +98,8 @@ def train(
     train_paths, holdout_paths = split_holdout(
         all_good, fraction=cfg.holdout_fraction, minimum=cfg.min_holdout, seed=cfg.seed
     )
-    train_set = load_images(train_paths, cfg.image_size)
-    holdout_set = load_images(holdout_paths, cfg.image_size)
+    train_set = load_training_images(train_paths, cfg)  # whole images, or tiles (tiled mode)
+    holdout_set = load_training_images(holdout_paths, cfg)
     skipped = train_set.skipped + holdout_set.skipped
     if len(train_set.paths) < 2 or len(holdout_set.paths) < 2:
         raise DatasetError(f"too few readable images in {cfg.data} ({len(skipped)} unreadable)")
@@ -176,6 +177,7 @@ def train(
 
     # --- calibration on held-out good images ---------------------------------------------------
     maps, scores = predict(model, holdout_set.images, batch_size=bs, device=str(device))
+    maps, scores = stitch_for_calibration(maps, scores, holdout_set, cfg)
     calibration = calibrate(
         scores,
         maps,

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tiling import Tiling
+
 METADATA_KEY = "rdad"
 FORMAT_VERSION = 1
 INPUT_NAME = "images"
@@ -69,6 +71,9 @@ class ModelMetadata:
     created_at: str = ""
     input_name: str = INPUT_NAME
     output_names: tuple[str, ...] = OUTPUT_NAMES
+    tiling: Tiling | None = None
+    """Set for tiled models (see :mod:`rdad.tiling`): images are cut into tiles of
+    ``image_size``; absent (``None``) in whole-image models and in files written before tiling."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -88,9 +93,14 @@ class ModelMetadata:
                 f"(this build reads {FORMAT_VERSION})"
             )
         cal = raw.pop("calibration", None)
+        tiling = raw.pop("tiling", None)
         raw["output_names"] = tuple(raw.get("output_names", OUTPUT_NAMES))
         try:
-            return cls(calibration=Calibration(**cal) if cal else None, **raw)
+            tiles = Tiling.from_dict(tiling) if tiling else None
+        except (TypeError, KeyError, ValueError) as exc:
+            raise MetadataError(f"rdad metadata has an invalid tiling {tiling!r}: {exc}") from exc
+        try:
+            return cls(calibration=Calibration(**cal) if cal else None, tiling=tiles, **raw)
         except TypeError as exc:
             raise MetadataError(f"rdad metadata has unexpected fields: {exc}") from exc
 

@@ -101,6 +101,47 @@ def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheel
 
 
+TILED_IMAGE = 128
+TILED_TILE = 64
+
+
+@pytest.fixture(scope="session")
+def tiled_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic parts at 128 px: a tiled model cuts them into 64-px tiles."""
+    from rdad.model.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("tiled-data"), image_size=TILED_IMAGE, num_train=12, num_test=6
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tiled_checkpoint(tiled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiled resnet18 (random teacher, 1 epoch): 64-px tiles, 16 px overlap, mean stitching."""
+    from rdad.model.train import TrainConfig, train
+
+    settings = {**TINY_TRAIN, "image_size": TILED_TILE}
+    cfg = TrainConfig(
+        data=str(tiled_data),
+        out=str(tmp_path_factory.mktemp("tiled-run")),
+        epochs=1,
+        tile_size=TILED_TILE,
+        tile_overlap=16,
+        device="cpu",
+        **settings,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiled_onnx(tiny_tiled_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rdad.model.export import export_onnx
+
+    return export_onnx(tiny_tiled_checkpoint, tmp_path_factory.mktemp("tiled") / "tiled.onnx")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In CI every test must run: a skip would hide a missing dependency, so it fails instead."""
     if os.environ.get("CI") and not items:

@@ -31,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     p.add_argument("--json", type=Path, help="write the report as JSON (and markdown beside it)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--pixel-size",
+        type=int,
+        metavar="PX",
+        help="grid for pixel AUROC / AUPRO (maps and masks resized to PX×PX; default: the model "
+        "input size) — give the same PX to compare a tiled and a whole-image model",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     with expected_errors(DatasetError, MetadataError, FileNotFoundError, ValueError):
-        report = evaluate(args.model, args.data, batch_size=args.batch_size, device=args.device)
+        report = evaluate(
+            args.model,
+            args.data,
+            batch_size=args.batch_size,
+            device=args.device,
+            pixel_size=args.pixel_size,
+        )
     print(markdown_report(report))
     write_reports(report, args.json)
     return 0

@@ -13,6 +13,9 @@ EXAMPLES = """\
   rdad train --data photos/good --out runs/line3 --backbone resnet18 --epochs 50
   rdad train --data bottle --out runs/b --backbone resnet18 --teacher-weights teacher.pth
       offline: a local torchvision state-dict file as teacher
+  rdad train --data photos/5mp --out runs/hires --backbone resnet18 --tile-size 256 \
+      --tile-overlap 32
+      tiled mode: trains on 256-px tiles cut at native resolution; eval/serve tile and stitch
   rdad train --out runs/bottle --resume
       continue an interrupted run from runs/bottle/last.pt
 """
@@ -38,7 +41,34 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone)
     p.add_argument(
-        "--image-size", type=int, default=d.image_size, help="square input size (multiple of 32)"
+        "--image-size",
+        type=int,
+        help=f"square input size (multiple of 32; default {d.image_size}, or the tile size)",
+    )
+    tiles = p.add_argument_group("tiled mode (high-resolution images, see rdad.tiling)")
+    tiles.add_argument(
+        "--tile-size",
+        type=int,
+        default=d.tile_size,
+        metavar="PX",
+        help="train and infer on PX×PX tiles cut from each image instead of resizing the whole "
+        "image (PX is the model input; 0 = off)",
+    )
+    tiles.add_argument(
+        "--tile-overlap", type=int, default=d.tile_overlap, metavar="PX", help="minimum overlap"
+    )
+    tiles.add_argument(
+        "--tile-scale",
+        type=float,
+        default=d.tile_scale,
+        metavar="F",
+        help="resize images by F before tiling (1 = native resolution, 0.5 = half)",
+    )
+    tiles.add_argument(
+        "--tile-stitch",
+        choices=("mean", "max"),
+        default=d.tile_stitch,
+        help="value where tiles overlap: mean (default) or max of the tiles' maps",
     )
     p.add_argument(
         "--epochs", type=int, help=f"default {d.epochs}; with --resume: extend the run to N"
@@ -92,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         data=str(args.data or ""),
         out=str(args.out),
         backbone=args.backbone,
-        image_size=args.image_size,
+        image_size=args.image_size or args.tile_size or d.image_size,
         epochs=d.epochs if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -105,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         amp=not args.no_amp,
         checkpoint_every=args.checkpoint_every,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        tile_scale=args.tile_scale,
+        tile_stitch=args.tile_stitch,
     )
     if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
         raise CommandError("--epochs must be ≥ 0, --batch-size and --checkpoint-every ≥ 1")
