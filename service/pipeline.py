@@ -137,6 +137,10 @@ async def predict(
     (timeout, inference failure) fails the whole request.
     """
     ensure_ready(runtime, model)
+    if model.engine.metadata.tiling is not None:
+        from . import tiled  # tiled models: tiles through the batcher, stitched maps
+
+        return await tiled.predict(runtime, model, uploads, options, deadline=deadline)
     size = model.engine.image_size
     overlay = options.overlay_max_side if options.overlay else None
     loop = asyncio.get_running_loop()

@@ -1,0 +1,97 @@
+"""A tiled model behind the service: its tiles go through the batcher as one request's images,
+its maps are stitched, and what it answers equals what ``rdad eval`` scores."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rdad.imaging import decode_image
+from rdad.metadata import read_onnx_metadata
+from rdad.model.evaluate import load_for_eval
+from rdad.model.scoring import score_images
+from rdad.service.imaging import colorize
+from rdad.tiling import run_tiled, tile_image
+
+from ..conftest import TILED_IMAGE
+
+
+@pytest.fixture(scope="module")
+def tiled_dir(tiny_tiled_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiled-models")
+    shutil.copy(tiny_tiled_onnx, folder / "tiled.onnx")
+    return folder
+
+
+def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+
+
+async def test_served_scores_equal_eval_scores(
+    make_client: Any, control: Any, tiled_dir: Path, tiled_data: Path
+) -> None:
+    paths = sorted((tiled_data / "test").rglob("*.png"))[:8]
+    model = load_for_eval(tiled_dir / "tiled.onnx")
+    assert model.tiling is not None
+    evaluated = score_images(
+        model.predict, paths, image_size=model.image_size, tiling=model.tiling, grid=TILED_IMAGE
+    )
+    # Small batches: one request's tiles are spread over several batches and still stitch right.
+    async with make_client(model_dir=tiled_dir, max_batch_size=4, control=control) as client:
+        control.batch_sizes.clear()
+        response = await client.post("/predict", files=_files(paths))
+    assert response.status_code == 200, response.text
+    served = np.array([r["score"] for r in response.json()["results"]])
+    np.testing.assert_allclose(served, evaluated.scores, rtol=0, atol=1e-5)
+    tiles_per_image = len(tile_image(decode_image(paths[0].read_bytes()), model.tiling)[0])
+    assert sum(control.batch_sizes) == len(paths) * tiles_per_image
+    assert max(control.batch_sizes) <= 4
+
+
+async def test_heatmap_mask_and_regions_are_in_original_image_coordinates(
+    make_client: Any, images: Any, tiled_dir: Path
+) -> None:
+    width, height = 200, 150  # not a tile multiple: edge tiles overlap more
+    data = images.png(width, height, seed=3)
+    meta = read_onnx_metadata(tiled_dir / "tiled.onnx")
+    assert meta.tiling is not None and meta.calibration is not None
+    session_model = load_for_eval(tiled_dir / "tiled.onnx")
+    stitched, score = run_tiled(decode_image(data), meta.tiling, session_model.predict)
+    assert stitched.shape == (height, width)
+    async with make_client(model_dir=tiled_dir) as client:
+        response = await client.post(
+            "/predict",
+            params={"mask": "true", "regions": "true", "heatmap_size": "original"},
+            files=images.upload(data),
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["score"] == pytest.approx(score, abs=1e-5)
+    heatmap = images.decode_png(base64.b64decode(body["heatmap_png"]))
+    expected = colorize(stitched, meta.calibration.pixel_threshold)[..., ::-1]  # BGR → RGB
+    assert heatmap.shape == (height, width, 3)
+    assert np.abs(heatmap.astype(int) - expected.astype(int)).max() <= 1
+    mask = images.decode_png(base64.b64decode(body["mask_png"]))
+    np.testing.assert_array_equal(mask > 0, stitched > meta.calibration.pixel_threshold)
+    for region in body["regions"]:
+        assert 0 <= region["x"] < width and 0 <= region["y"] < height
+        assert region["x"] + region["width"] <= width and region["y"] + region["height"] <= height
+        x, y = region["x"], region["y"]
+        box = stitched[y : y + region["height"], x : x + region["width"]]
+        assert box.max() == pytest.approx(region["max_score"], rel=1e-5)
+
+
+async def test_an_image_with_more_tiles_than_the_queue_holds_is_refused(
+    make_client: Any, images: Any, tiled_dir: Path
+) -> None:
+    async with make_client(
+        model_dir=tiled_dir, max_queue=8, max_batch_size=4, max_files=4
+    ) as client:
+        response = await client.post("/predict", files=images.upload(images.png(256, 256)))
+    assert response.status_code == 413
+    assert "tiles" in response.json()["detail"]
