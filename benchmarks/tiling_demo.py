@@ -57,7 +57,7 @@ def run_models(args: argparse.Namespace, data: Path) -> dict[str, Path]:
         "data": str(data),
         "backbone": "resnet18",
         "teacher_weights": args.teacher,
-        "batch_size": 8,
+        "batch_size": args.batch_size,
         "seed": 0,
         "device": args.device,
         "amp": False,
@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--resized-epochs", type=int, default=50)
     parser.add_argument("--pixel-size", type=int, default=512, help="common pixel-metric grid")
     parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-train", type=int, default=16)
     parser.add_argument("--num-test", type=int, default=12)
     args = parser.parse_args()
