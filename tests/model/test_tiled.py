@@ -79,3 +79,15 @@ def test_eval_tiles_and_stitches_identically_for_onnx_and_checkpoint(
     for key in ("image_auroc", "pixel_auroc"):
         assert 0.0 <= onnx_report[key] <= 1.0
         assert onnx_report[key] == pytest.approx(torch_report[key], abs=0.02)
+
+
+def test_cli_refuses_a_tile_size_that_is_not_the_model_input(
+    tiled_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rdad.cli import main
+
+    args = ["train", "--data", str(tiled_data), "--out", str(tmp_path), "--backbone", "resnet18"]
+    code = main([*args, "--tile-size", "64", "--image-size", "128", "--teacher-weights", "random"])
+    assert code == 1
+    assert "image_size must equal" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint.pt").exists()
