@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,17 @@ def metric(text: str, name: str) -> float:
     )
 
 
+def bucket(text: str, name: str, le: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and s.labels.get("le") == le
+    )
+
+
 async def post(
     client: httpx.AsyncClient, files: list[tuple[str, bytes]], params: dict[str, str] | None = None
 ) -> tuple[int, float]:
@@ -154,9 +166,14 @@ async def post(
     try:
         response = await client.post("/predict", files=parts, params=params)
         status = response.status_code
+        if status == 503:  # which refusal: queue_full, overloaded, not_ready (shutting down)
+            REFUSALS[response.json().get("error", "?")] += 1
     except httpx.HTTPError:
         status = -1  # connection error / client timeout
     return status, time.monotonic() - start
+
+
+REFUSALS: Counter[str] = Counter()
 
 
 def flat_png(width: int, height: int) -> bytes:
@@ -258,6 +275,8 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
     metrics = server.metrics()
     server.stop()
     ok = sum(1 for s, _ in results if s == 200)
+    shed = metric(metrics, "rdad_shed_latency_seconds_count")
+    shed_fast = bucket(metrics, "rdad_shed_latency_seconds_bucket", "0.1")
     goodput = ok / span if span == span and span > 0 else 0.0
     return {
         "raw_ort_batch16_img_s": round(raw, 2),
@@ -265,6 +284,8 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         "ok_span_s": round(span, 2),
         "goodput_img_s": round(goodput, 2),
         "goodput_vs_raw": round(goodput / raw, 3) if raw else None,
+        "server_side_503s": shed,
+        "server_side_503s_within_100ms": shed_fast,
         "share_504": round(sum(1 for s, _ in results if s == 504) / len(results), 4),
         "mean_batch": round(
             metric(metrics, "rdad_batch_size_sum")
@@ -455,6 +476,8 @@ def main() -> None:
             "load_avg_at_start": os.getloadavg(),
             **SCENARIOS[name](args),
         }
+        result["refusals_503_by_error"] = dict(REFUSALS)
+        REFUSALS.clear()
         result["scenario_wall_s"] = round(time.monotonic() - start, 1)
         text = json.dumps(result, indent=2)
         print(text, flush=True)

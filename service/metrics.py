@@ -114,6 +114,10 @@ class Metrics:
             "rdad_admission_refused", "Requests refused at admission (503) by reason.",
             ["model", "reason"], registry=reg,
         )  # fmt: skip
+        self.shed_latency = Histogram(
+            "rdad_shed_latency_seconds", "Arrival to a 503 refusal at admission (no work done).",
+            ["model"], buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
         self.pixel_budget_in_use = Gauge(
             "rdad_pixel_budget_bytes_in_use", "Decoded-pixel bytes held by requests in flight.",
             registry=reg,

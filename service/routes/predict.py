@@ -118,6 +118,7 @@ async def _read_admitted(
     """Admit one image before the body is read and one more per further file part as it begins;
     return the file parts and the function that gives the reservation back."""
     loop = asyncio.get_running_loop()
+    arrival = deadline - runtime.settings.request_timeout_s
     admission = model.admission
     max_files = runtime.settings.max_files
     reserved = 0
@@ -133,6 +134,7 @@ async def _read_admitted(
             admission.admit(1, now=loop.time(), deadline=deadline)
         except QueueFullError as exc:
             runtime.metrics.overloaded.labels(model.name, exc.code).inc()
+            runtime.metrics.shed_latency.labels(model.name).observe(loop.time() - arrival)
             raise
         reserved += 1
 

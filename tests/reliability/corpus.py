@@ -267,6 +267,12 @@ def build(max_files: int, max_upload_mb: int) -> list[Case]:
             ),
         ),
         Case(
+            "huge headers",
+            431,
+            "headers_too_large",
+            _post(_file(_png()), headers={"X-Padding": "p" * 100_000}),
+        ),
+        Case(
             "bad query flag",
             422,
             "validation_error",

@@ -205,6 +205,7 @@ async def test_overloaded_model_answers_503_at_once(make_client, images, control
     assert int(refused.headers["Retry-After"]) >= 1
     assert refused_s < 1.0  # at once, not after waiting for its timeout
     assert images.metric(metrics, "rdad_admission_refused_total", reason="overloaded") == 1
+    assert images.metric(metrics, "rdad_shed_latency_seconds_count", model="tiny") == 1
 
 
 async def test_deadline_counts_from_arrival_including_the_upload(make_client, images) -> None:
