@@ -231,7 +231,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
     async def run() -> list[tuple[int, float]]:
         files = [(f"flat{i}.png", image) for i in range(16)]
-        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=900) as client:
             return await asyncio.gather(*(post(client, files) for _ in range(6)))
 
     start = time.monotonic()

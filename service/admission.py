@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .errors import QueueFullError, RequestTimeoutError
 
 _ALPHA = 0.3  # weight of the newest sample: adapts within a few batches, smooths single hiccups
+_SAFETY = 1.2  # headroom on the wait estimate: a refusal now beats a 504 after the whole timeout
 
 
 class OverloadedError(QueueFullError):
@@ -129,7 +130,7 @@ class ModelAdmission:
             )
         if self.admitted > 0:  # an idle model always gets to try (see the module docstring)
             wait = self.estimated_wait(count, now)
-            if wait is not None and now + wait + self.overhead_s > deadline:
+            if wait is not None and now + _SAFETY * wait + self.overhead_s > deadline:
                 raise OverloadedError(
                     f"model '{self.name}' is busy: about {wait:.1f} s of work is ahead of this "
                     f"request, more than its {max(0.0, deadline - now):.1f} s left; retry later",

@@ -40,10 +40,10 @@ def default_pixel_budget(
 ) -> int:
     """Bytes of decoded pixels allowed in flight, when ``RDAD_PIXEL_BUDGET_MB`` is not set.
 
-    A sixteenth of the memory limit, at most 384 MiB (the rest is the model, ONNX Runtime's
+    A sixteenth of the memory limit, at most 256 MiB (the rest is the model, ONNX Runtime's
     arena, the uploads and the Python heap), but never less than one image at the pixel limit,
     which must always be decodable. With no known limit: 256 MiB.
     """
     one_image = max_pixels * bytes_per_pixel
-    share = 256 * MIB if limit_bytes is None else min(limit_bytes // 16, 384 * MIB)
+    share = 256 * MIB if limit_bytes is None else min(limit_bytes // 16, 256 * MIB)
     return max(share, one_image)

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     overlay_max_side: int = Field(default=1024, ge=16)
     pixel_budget_mb: float | None = Field(default=None, gt=0.0)
     """Decoded pixels in flight across all requests (MiB). Default: a sixteenth of the memory
-    limit (cgroup / pod limit, else RAM), at most 384 MiB, at least one image at ``max_pixels``.
+    limit (cgroup / pod limit, else RAM), at most 256 MiB, at least one image at ``max_pixels``.
     A decode waits for room; see docs/reliability.md."""
 
     # --- liveness -----------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_default_pixel_budget_follows_the_memory_limit(tmp_path) -> None:
     limit.write_text("2147483648\n")  # a 2 GiB pod
     assert memory_limit_bytes((limit,)) == min(2 * 1024 * MIB, memory_limit_bytes(()) or 2**62)
     assert default_pixel_budget(1_000_000, 2 * 1024 * MIB) == 128 * MIB
-    assert default_pixel_budget(1_000_000, 64 * 1024 * MIB) == 384 * MIB  # capped
+    assert default_pixel_budget(1_000_000, 64 * 1024 * MIB) == 256 * MIB  # capped
     assert default_pixel_budget(40_000_000, 1024 * MIB) == 200_000_000  # one image always fits
     limit.write_text("max\n")  # cgroup v2 without a limit: physical RAM
     assert memory_limit_bytes((limit,)) == memory_limit_bytes(())

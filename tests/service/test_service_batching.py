@@ -117,15 +117,15 @@ async def test_timeout_answers_504_and_drops_unstarted_work(make_client, images,
 
 async def test_image_that_cannot_finish_in_time_is_not_run(make_client, images, control) -> None:
     data = images.png()
-    async with make_client(control=control, max_batch_size=1, request_timeout_s=0.5) as client:
-        control.delay_s = 0.35  # every batch takes ≥ 0.35 s
+    async with make_client(control=control, max_batch_size=1, request_timeout_s=2.0) as client:
+        control.delay_s = 1.2  # every batch takes ≥ 1.2 s
         assert (await client.post("/predict", files=images.upload(data))).status_code == 200
         control.batch_sizes.clear()
         pair = await asyncio.gather(
             *(client.post("/predict", files=images.upload(data)) for _ in range(2))
         )
         control.delay_s = 0.0
-    # The second image would start at ~0.35 s and end at ~0.7 s, past its 0.5 s deadline: it is
+    # The second image would start at ~1.2 s and end at ~2.4 s, past its 2 s deadline: it is
     # refused at admission (503, never tried) without reaching the engine.
     assert sorted(r.status_code for r in pair) == [200, 503]
     refused = next(r for r in pair if r.status_code == 503)
