@@ -53,7 +53,8 @@ class ModelNotFoundError(ServiceError):
 
 
 class ModelLoadError(ServiceError):
-    """A model file cannot be served (startup error, never an HTTP answer)."""
+    """A model file cannot be served: fails the start (polling off, nothing loads), or answers a
+    reload with 422 (the request was understood; the file is what cannot be used)."""
 
     code = "model_load_failed"
 
@@ -92,8 +93,8 @@ _HTTP_STATUS: dict[type[Exception], int] = {
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     InvalidRequestError: 422,
+    ModelLoadError: 422,
     InferenceError: 500,
-    ModelLoadError: 500,
     QueueFullError: 503,
     NotReadyError: 503,
     RequestTimeoutError: 504,

@@ -92,8 +92,10 @@ class Metrics:
             ["model"], buckets=SCORE_BUCKETS, registry=reg,
         )  # fmt: skip
         self.model_info = Gauge(
-            "rdad_model_info", "Served models (value 1) with their version, provider and size.",
-            ["model", "version", "provider", "image_size", "backbone"], registry=reg,
+            "rdad_model_info",
+            "Model versions and files (value 1) by state: loading, warming, ready, failed, "
+            "draining; version, provider, size and backbone are empty until a file has loaded.",
+            ["model", "version", "provider", "image_size", "backbone", "state"], registry=reg,
         )  # fmt: skip
         self.model_ready = Gauge(
             "rdad_model_ready", "1 once the model is loaded and warm.", ["model"], registry=reg
@@ -121,6 +123,10 @@ class Metrics:
         self.pixel_budget_in_use = Gauge(
             "rdad_pixel_budget_bytes_in_use", "Decoded-pixel bytes held by requests in flight.",
             registry=reg,
+        )  # fmt: skip
+        self.model_loads = Counter(
+            "rdad_model_loads", "Model file loads (start, poll, reload) by result.",
+            ["model", "result"], registry=reg,
         )  # fmt: skip
 
     def for_model(self, name: str) -> ModelMetrics:

@@ -27,7 +27,7 @@ from .errors import (
     ServiceError,
     UnsupportedMediaTypeError,
 )
-from .runtime import ModelState, ServedModel, ServiceRuntime
+from .runtime import ServedModel, ServiceRuntime
 from .schemas import ModelRef, PredictionResult, Region, Timings
 
 T = TypeVar("T")
@@ -88,7 +88,8 @@ def _decode(
 
 
 def ensure_ready(runtime: ServiceRuntime, model: ServedModel) -> None:
-    if model.state is not ModelState.READY:
+    # A draining version (replaced by a hot reload) still answers the requests routed to it.
+    if not model.state.serves:
         reason = model.error or "the model is still warming up"
         raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelLoadError
@@ -22,22 +23,80 @@ def is_valid_name(name: str) -> bool:
     return bool(NAME_PATTERN.fullmatch(name)) and ".." not in name
 
 
-def discover_models(model_dir: Path) -> dict[str, Path]:
-    """Map model name → ONNX file, sorted by name. Raises :class:`ModelLoadError` if the folder is
-    missing, or if two files claim the same name."""
+EXPECTED = "expected NAME.onnx or NAME/model.onnx"
+
+Signature = tuple[int, int, int]
+"""``(mtime_ns, size, inode)`` of a model file: a change in any of them is a new version."""
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """One look at the model folder."""
+
+    folder: Path
+    files: dict[str, tuple[Path, Signature]] = field(default_factory=dict)
+    """Model name → (file, signature), sorted by name."""
+    conflicts: dict[str, str] = field(default_factory=dict)
+    """Names claimed by two files → why neither is loaded."""
+    exists: bool = True
+
+    @property
+    def problem(self) -> str | None:
+        """What makes the folder unusable as a whole (missing, or no model file in it)."""
+        if not self.exists:
+            return f"model folder {self.folder} does not exist ({EXPECTED})"
+        if not self.files and not self.conflicts:
+            return f"no models in {self.folder} ({EXPECTED})"
+        return None
+
+
+def scan_folder(model_dir: Path) -> FolderScan:
+    """Every model file in ``model_dir`` with its signature; never raises for a bad folder: a
+    missing folder or two files claiming one name are reported in the result."""
     if not model_dir.is_dir():
-        raise ModelLoadError(f"model directory {model_dir} does not exist")
-    found: dict[str, Path] = {}
-    candidates = [(p.stem, p) for p in model_dir.glob("*.onnx") if p.is_file()]
-    candidates += [(p.parent.name, p) for p in model_dir.glob("*/model.onnx") if p.is_file()]
-    for name, path in candidates:
+        return FolderScan(model_dir, exists=False)
+    candidates = [(p.stem, p) for p in model_dir.glob("*.onnx")]
+    candidates += [(p.parent.name, p) for p in model_dir.glob("*/model.onnx")]
+    found: dict[str, tuple[Path, Signature]] = {}
+    conflicts: dict[str, str] = {}
+    for name, path in sorted(candidates):
+        try:
+            stat = path.stat()  # follows symlinks: a re-pointed link is a new version
+        except OSError:
+            continue  # removed between the glob and here, or a dangling link
+        if not path.is_file():
+            continue
         if not is_valid_name(name):
             log.warning("ignoring %s: '%s' is not a valid model name", path.name, name)
             continue
-        if name in found:
-            raise ModelLoadError(f"two files define model '{name}': {found[name]} and {path}")
-        found[name] = path
-    return dict(sorted(found.items()))
+        if name in found or name in conflicts:
+            first = found.pop(name, None)
+            where = relative_name(model_dir, first[0]) if first else "another file"
+            conflicts[name] = (
+                f"two files define model '{name}': {where} and {relative_name(model_dir, path)}"
+            )
+            continue
+        found[name] = (path, (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+    return FolderScan(model_dir, dict(sorted(found.items())), conflicts)
+
+
+def relative_name(model_dir: Path, path: Path) -> str:
+    """``NAME.onnx`` or ``NAME/model.onnx``: how responses and logs name a file (no host paths)."""
+    try:
+        return path.relative_to(model_dir).as_posix()
+    except ValueError:
+        return path.name
+
+
+def discover_models(model_dir: Path) -> dict[str, Path]:
+    """Map model name → ONNX file, sorted by name. Raises :class:`ModelLoadError` if the folder is
+    missing, or if two files claim the same name."""
+    scan = scan_folder(model_dir)
+    if not scan.exists:
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    if scan.conflicts:
+        raise ModelLoadError(next(iter(scan.conflicts.values())))
+    return {name: path for name, (path, _) in scan.files.items()}
 
 
 def choose_default(names: list[str], configured: str | None) -> str | None:

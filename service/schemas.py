@@ -74,29 +74,47 @@ class PredictBatchResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """One model version or file. Fields read from the model's metadata are ``null`` for a file
+    that has not loaded (state ``loading`` or ``failed``)."""
+
     name: str
-    version: str
+    version: str | None
     default: bool
-    state: str = Field(description="warming | ready | failed")
-    provider: str = Field(description="ONNX Runtime execution provider actually in use")
-    image_size: int
-    backbone: str
-    precision: str
-    teacher_weights: str
-    image_threshold: float
-    pixel_threshold: float
-    metadata: dict[str, Any] = Field(description="the full rdad metadata stored in the ONNX file")
+    state: str = Field(description="loading | warming | ready | failed | draining")
+    error: str | None = Field(default=None, description="why the file failed to load or warm up")
+    file: str | None = Field(
+        default=None, description="NAME.onnx or NAME/model.onnx in the model folder"
+    )
+    provider: str | None = Field(description="ONNX Runtime execution provider actually in use")
+    image_size: int | None
+    backbone: str | None
+    precision: str | None
+    teacher_weights: str | None
+    image_threshold: float | None
+    pixel_threshold: float | None
+    metadata: dict[str, Any] | None = Field(
+        description="the full rdad metadata stored in the ONNX file"
+    )
 
 
 class ModelList(BaseModel):
     default: str | None
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(
+        description="serving versions, then files loading or failed, then old versions draining "
+        "after a reload (a name can appear more than once, each with its state)"
+    )
+    problem: str | None = Field(
+        None, description="why nothing can serve (empty or missing model folder, ...)"
+    )
 
 
 class HealthStatus(BaseModel):
     status: str
-    models: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, str] = Field(
+        default_factory=dict, description="state of each model name (its serving version first)"
+    )
     reasons: list[str] | None = Field(default=None, description="why /healthz is not alive")
+    detail: str | None = Field(default=None, description="why the service is not ready")
 
 
 class ErrorBody(BaseModel):

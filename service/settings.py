@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     """Model repository: each ``NAME.onnx`` or ``NAME/model.onnx`` is a model called NAME."""
     default_model: str | None = None
     """Model used by ``POST /predict``; optional when the folder holds exactly one model."""
+    model_poll_s: float = Field(default=5.0, ge=0.0)
+    """Re-read the model folder this often (seconds): new files load, changed files replace the
+    serving version, removed files drain away; a change is acted on once two polls in a row agree.
+    With polling on, an empty, missing or all-broken folder keeps the service up (not ready) and
+    waiting; 0 turns polling off, and then a start with no loadable model exits non-zero."""
 
     # --- network ------------------------------------------------------------------------------
     host: str = "127.0.0.1"

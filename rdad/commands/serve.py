@@ -8,6 +8,7 @@ to serve and the embedded demo model has to be built first.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ EXAMPLES = """\
 FLAGS: list[tuple[str, str, Any, str]] = [
     ("--model-dir", "model_dir", Path, "model repository (default ~/.cache/rdad/models)"),
     ("--default-model", "default_model", str, "model answering POST /predict"),
+    ("--model-poll-s", "model_poll_s", float, "re-read the model folder every S s (5; 0 = off)"),
     ("--host", "host", str, "bind address (default 127.0.0.1; 0.0.0.0 in containers)"),
     ("--port", "port", int, "TCP port (default 8000)"),
     ("--max-batch-size", "max_batch_size", int, "images per inference batch (default 16)"),
@@ -102,28 +104,49 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _ensure_models(settings: Any, model_dir_given: bool) -> None:
-    """Refuse an empty explicit model folder; build the demo model into the default one."""
+    """Build the demo model into the default folder when it is empty. An explicit folder with no
+    model is watched when polling is on (the container case: the service stays up, not ready, and
+    loads models as they appear) and refused when it is off."""
     from rdad.service.errors import ModelLoadError
-    from rdad.service.registry import choose_default, discover_models
+    from rdad.service.registry import choose_default, scan_folder
 
     model_dir: Path = settings.model_dir
-    try:
-        found = discover_models(model_dir) if model_dir.is_dir() else {}
-        if not found and model_dir_given:
-            raise CommandError(
-                f"no models in {model_dir} (expected NAME.onnx or NAME/model.onnx); "
-                "omit --model-dir to build and serve the embedded demo model"
-            )
-        if not found:
-            from rdad.default_model import build_demo_model
+    scan = scan_folder(model_dir)
+    found = list(scan.files)
+    polling = settings.model_poll_s > 0
+    if not found and not model_dir_given:
+        from rdad.default_model import build_demo_model
 
-            print(f"rdad serve: no model in {model_dir}", flush=True)
-            build_demo_model(model_dir, say=lambda line: print(f"rdad serve: {line}", flush=True))
-            found = discover_models(model_dir)
-        choose_default(list(found), settings.default_model)
+        print(f"rdad serve: no model in {model_dir}", flush=True)
+        build_demo_model(model_dir, say=lambda line: print(f"rdad serve: {line}", flush=True))
+        scan = scan_folder(model_dir)
+        found = list(scan.files)
+    if scan.problem is not None:
+        if not polling:
+            raise CommandError(
+                f"{scan.problem}; omit --model-dir to build and serve the embedded demo model, "
+                "or set RDAD_MODEL_POLL_S to wait for models"
+            )
+        print(
+            f"rdad serve: {scan.problem}; starting anyway (/readyz answers 503) and loading "
+            f"models as they appear (checked every {settings.model_poll_s:g} s)",
+            flush=True,
+        )
+        return
+    try:
+        choose_default(found, settings.default_model)
     except ModelLoadError as exc:
-        raise CommandError(exc.detail) from None
-    print(f"rdad serve: serving {', '.join(found)} from {model_dir}", flush=True)
+        if not polling:
+            raise CommandError(exc.detail) from None
+        print(f"rdad serve: {exc.detail}; waiting for it to appear", flush=True)
+    print(f"rdad serve: loading {', '.join(found)} from {model_dir}", flush=True)
+
+
+def _drop_model_load_traceback(record: logging.LogRecord) -> bool:
+    """Uvicorn logs a failed start's traceback; for a model folder where nothing loads (polling
+    off) the reasons are already logged and repeated in the exit message, so it is noise."""
+    message = record.getMessage()
+    return not (message.startswith("Traceback") and "ModelLoadError" in message)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,10 +174,12 @@ def run(args: argparse.Namespace) -> int:
     )
     url = f"http://{settings.host}:{settings.port}"
     print(f"rdad serve: starting on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True)
+    logging.getLogger("uvicorn.error").addFilter(_drop_model_load_traceback)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model loading) fails
         if exc.code not in (0, None):
-            raise CommandError("the service failed to start (see the error above)") from None
+            reason = app.state.runtime.repository.start_error or "see the error above"
+            raise CommandError(f"the service failed to start: {reason}") from None
         raise
     return 0

@@ -16,11 +16,16 @@ router = APIRouter(tags=["health"], dependencies=[Depends(require_key_for_health
 
 
 def _readiness(runtime: ServiceRuntime) -> tuple[int, HealthStatus]:
-    models = {name: str(m.state) for name, m in runtime.models.items()}
-    if runtime.ready:
+    repository = runtime.repository
+    models = {name: str(m.state) for name, m in repository.pending.items()}
+    models.update({name: str(m.state) for name, m in runtime.models.items()})
+    models = dict(sorted(models.items()))
+    if runtime.draining:
+        return 503, HealthStatus(status="draining", models=models, detail="shutting down")
+    ready, why = repository.readiness()
+    if ready:
         return 200, HealthStatus(status="ready", models=models)
-    status = "draining" if runtime.draining else "not ready"
-    return 503, HealthStatus(status=status, models=models)
+    return 503, HealthStatus(status="not ready", models=models, detail=why)
 
 
 _NOT_LIVE: dict[int | str, dict[str, Any]] = {
@@ -45,8 +50,14 @@ async def healthz(runtime: RuntimeDep) -> JSONResponse:
 @router.get(
     "/readyz",
     response_model=HealthStatus,
-    responses={503: {"model": HealthStatus, "description": "warming up or draining"}},
-    summary="Every model is loaded and warm (503 while warming up or after SIGTERM)",
+    responses={
+        503: {
+            "model": HealthStatus,
+            "description": "warming up, no model can serve (detail says why), or draining",
+        }
+    },
+    summary="The models found at start are warm and at least one serves (503 while warming "
+    "up, while no model can serve, or after SIGTERM)",
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     code, body = _readiness(runtime)

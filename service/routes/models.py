@@ -1,4 +1,5 @@
-"""``GET /models`` and ``GET /models/{name}``: what is served, with its metadata."""
+"""``GET /models``, ``GET /models/{name}``: every model with its state and metadata;
+``POST /models/{name}/reload``: hot reload of one model (see :mod:`service.repository`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from ..deps import RuntimeDep, require_api_key
+from ..errors import ModelNotFoundError
+from ..registry import is_valid_name
+from ..repository import PendingModel
 from ..runtime import ServedModel
 from ..schemas import ErrorBody, ModelInfo, ModelList
 
@@ -36,6 +40,8 @@ def model_info(model: ServedModel, default: str | None) -> ModelInfo:
         version=meta.model_version,
         default=model.name == default,
         state=str(model.state),
+        error=model.error,
+        file=model.file or None,
         provider=model.engine.provider,
         image_size=meta.image_size,
         backbone=meta.backbone,
@@ -47,17 +53,72 @@ def model_info(model: ServedModel, default: str | None) -> ModelInfo:
     )
 
 
-@router.get("/models", response_model=ModelList, summary="List served models")
+def pending_info(entry: PendingModel, default: str | None) -> ModelInfo:
+    """A file with nothing loaded from it (yet): loading, warming or failed."""
+    return ModelInfo(
+        name=entry.name,
+        version=None,
+        default=entry.name == default,
+        state=str(entry.state),
+        error=entry.error,
+        file=entry.file or None,
+        provider=None,
+        image_size=None,
+        backbone=None,
+        precision=None,
+        teacher_weights=None,
+        image_threshold=None,
+        pixel_threshold=None,
+        metadata=None,
+    )
+
+
+@router.get("/models", response_model=ModelList, summary="List models and their states")
 async def list_models(runtime: RuntimeDep) -> ModelList:
-    infos = [model_info(m, runtime.default_model) for m in runtime.models.values()]
-    return ModelList(default=runtime.default_model, models=infos)
+    repository = runtime.repository
+    default = runtime.default_model
+    infos = [model_info(m, default) for m in runtime.models.values()]
+    infos += [pending_info(p, default) for p in repository.pending.values()]
+    infos += [model_info(m, None) for m in repository.draining]
+    infos.sort(key=lambda info: info.name)  # stable: per name serving, pending, draining
+    problem = None if runtime.ready else repository.readiness()[1]
+    return ModelList(default=default, models=infos, problem=problem)
 
 
 @router.get(
     "/models/{name}",
     response_model=ModelInfo,
     responses={404: {"model": ErrorBody}},
-    summary="One model and its metadata",
+    summary="One model and its metadata (its serving version, else the file's state)",
 )
 async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
-    return model_info(runtime.get(name), runtime.default_model)
+    model = runtime.models.get(name)
+    if model is not None:
+        return model_info(model, runtime.default_model)
+    pending = runtime.repository.pending.get(name)
+    if pending is not None:
+        return pending_info(pending, runtime.default_model)
+    return model_info(runtime.get(name), runtime.default_model)  # raises the 404
+
+
+@router.post(
+    "/models/{name}/reload",
+    response_model=ModelInfo,
+    responses={
+        404: {"model": ErrorBody, "description": "no file for this model in the model folder"},
+        422: {
+            "model": ErrorBody,
+            "description": "the file cannot be loaded or warmed up; the previous version, if "
+            "any, keeps serving",
+        },
+    },
+    summary="Load the model's file again and swap it in without failing requests in flight",
+)
+async def reload_model(name: str, runtime: RuntimeDep) -> ModelInfo:
+    """Reads ``NAME.onnx`` / ``NAME/model.onnx`` now (also a file that is not served yet),
+    warms it up, then routes new requests to it; the replaced version finishes the requests it
+    already has. Answers once the new version serves. Needs the API key when one is set."""
+    if not is_valid_name(name):
+        raise ModelNotFoundError(f"unknown model '{name[:64]}'")
+    model = await runtime.repository.reload(name)
+    return model_info(model, runtime.default_model)

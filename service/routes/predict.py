@@ -176,17 +176,19 @@ async def _predict(
 ) -> Response:
     deadline = arrival_time(request) + runtime.settings.request_timeout_s
     boundary_of(request.headers.get("content-type", ""))  # 415 before anything else
-    model = runtime.get(name)
-    pipeline.ensure_ready(runtime, model)
-    files, release = await _read_admitted(request, runtime, model, deadline)
-    try:
-        multi = _choose(files)
-        uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
-        del files  # the parts' buffers: the uploads hold the bytes now
-        work = _score(request, runtime, model, query, uploads, multi, deadline)
-        return await _until_disconnect(request, work)
-    finally:
-        release()
+    # The lease keeps this version serving until the answer is built, even if a hot reload
+    # replaces it meanwhile (service/repository.py).
+    with runtime.lease(name) as model:
+        pipeline.ensure_ready(runtime, model)
+        files, release = await _read_admitted(request, runtime, model, deadline)
+        try:
+            multi = _choose(files)
+            uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
+            del files  # the parts' buffers: the uploads hold the bytes now
+            work = _score(request, runtime, model, query, uploads, multi, deadline)
+            return await _until_disconnect(request, work)
+        finally:
+            release()
 
 
 async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response]) -> Response:

@@ -165,7 +165,11 @@ async def test_readiness_waits_for_warm_up(make_client, images, control, ready) 
         oip_ready = await client.get("/v2/health/ready")
         gauge_after = images.metric((await client.get("/metrics")).text, "rdad_model_ready")
     assert not_ready.status_code == 503
-    assert not_ready.json() == {"status": "not ready", "models": {"tiny": "warming"}}
+    assert not_ready.json() == {
+        "status": "not ready",
+        "models": {"tiny": "warming"},
+        "detail": "loading and warming up models",
+    }
     assert oip_not_ready.status_code == 503 and oip_not_ready.json() == {"ready": False}
     assert early.status_code == 503 and early.json()["error"] == "not_ready"
     assert "Retry-After" in early.headers

@@ -32,10 +32,15 @@ def test_invalid_setting_is_one_line_error(capsys: pytest.CaptureFixture[str]) -
     assert err.startswith("rdad serve: error: invalid setting max_batch_size") and "\n" not in err
 
 
-def test_empty_explicit_model_dir_is_refused(tmp_path: Path, capsys) -> None:
-    assert main(["serve", "--model-dir", str(tmp_path)]) == 1
+def test_empty_explicit_model_dir_is_refused_without_polling(tmp_path: Path, capsys) -> None:
+    """With polling on (the default) the service starts and waits instead: see
+    tests/docker/test_docker_files.py::test_serving_entrypoint_waits_for_models_in_an_empty_folder."""
+    assert main(["serve", "--model-dir", str(tmp_path), "--model-poll-s", "0"]) == 1
     err = capsys.readouterr().err
-    assert "no models in" in err and "Traceback" not in err
+    assert f"no models in {tmp_path}" in err and "RDAD_MODEL_POLL_S" in err
+    assert "Traceback" not in err
+    assert main(["serve", "--model-dir", str(tmp_path / "nope"), "--model-poll-s", "0"]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_serve_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
