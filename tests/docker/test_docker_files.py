@@ -533,6 +533,33 @@ def test_compose_api_service(api: dict[str, Any], serve_df: Dockerfile) -> None:
     assert duration_s(api["healthcheck"]["start_period"]) >= 60
 
 
+def test_an_empty_model_folder_cannot_make_a_restart_loop(
+    api: dict[str, Any], serve_df: Dockerfile, k8s: dict[str, dict[str, Any]]
+) -> None:
+    """Docker restarts a container that exits (restart: unless-stopped) or fails its health check,
+    Kubernetes one that exits or fails its liveness/startup probe. So every deployment keeps model
+    polling on (an empty or broken model folder then leaves the service up, waiting, instead of
+    exiting) and checks liveness on /healthz, which stays 200 while /readyz says 503."""
+    deployment = k8s["Deployment"]
+    envs = {
+        "image": {k: v for k, v in serve_df.env().items() if k.startswith("RDAD_")},
+        "compose": {**serve_df.env(), **compose_env(api)},
+        "k8s": {**serve_df.env(), **k8s_env(deployment)},
+    }
+    for where, env in envs.items():
+        assert effective_value(env, "model_poll_s") > 0, f"{where}: RDAD_MODEL_POLL_S is off"
+    assert api["restart"] in ("unless-stopped", "always", "on-failure")
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    _, argv = serve_df.healthcheck()
+    assert "/healthz" in argv[-1]
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec.get("restartPolicy", "Always") == "Always"
+    pod = container(deployment)
+    assert pod["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
 def test_compose_stop_grace_period_outlasts_the_drain(api: dict[str, Any]) -> None:
     env = compose_env(api)
     service_s = effective_value(env, "grace_period_s") + effective_value(env, "drain_delay_s")
@@ -717,7 +744,8 @@ def test_k8s_probes(k8s: dict[str, dict[str, Any]]) -> None:
     assert pod["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["livenessProbe"]["httpGet"]["path"] == "/healthz"
     startup = pod["startupProbe"]
-    assert startup["httpGet"]["path"] in ("/healthz", "/readyz")
+    # Not /readyz: a pod whose model volume is still empty would never start, and be killed.
+    assert startup["httpGet"]["path"] == "/healthz"
     budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
     assert budget >= 300, f"startupProbe allows only {budget} s for model loading"
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -844,11 +872,11 @@ def png(size: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def test_serving_entrypoint_refuses_a_missing_model(
+def test_serving_entrypoint_with_polling_off_refuses_a_missing_model(
     serve_df: Dockerfile, api: dict[str, Any], no_torch: Path, tmp_path: Path
 ) -> None:
-    """Without a mounted model the image must fail fast and say why (it cannot build the demo
-    model: no torch)."""
+    """RDAD_MODEL_POLL_S=0 (not the shipped setting) without a model: exit once, non-zero, saying
+    why (the image cannot build the demo model: no torch)."""
     empty = tmp_path / "models"
     empty.mkdir()
     env = host_env(
@@ -858,6 +886,7 @@ def test_serving_entrypoint_refuses_a_missing_model(
         RDAD_HOST="127.0.0.1",
         RDAD_PORT=str(free_port()),
         RDAD_MODEL_DIR=str(empty),
+        RDAD_MODEL_POLL_S="0",
         RDAD_TRT_CACHE_DIR=str(tmp_path / "trt"),
     )
     done = subprocess.run(
@@ -866,6 +895,69 @@ def test_serving_entrypoint_refuses_a_missing_model(
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"no models in {empty}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(300, func_only=True)  # a process start, a model load and a drain
+def test_serving_entrypoint_waits_for_models_in_an_empty_folder(
+    serve_df: Dockerfile, api: dict[str, Any], no_torch: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """The image with compose's settings and an empty model folder: up, healthy (so no restart),
+    not ready with the folder named; a model copied in is served without a restart."""
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    port = free_port()
+    env = host_env(
+        serve_df,
+        api,
+        no_torch,
+        RDAD_HOST="127.0.0.1",
+        RDAD_PORT=str(port),
+        RDAD_MODEL_DIR=str(model_dir),
+        RDAD_MODEL_POLL_S="0.2",  # compose's 5 s, shortened for the test
+        RDAD_TRT_CACHE_DIR=str(tmp_path / "trt"),
+    )
+    log_path = tmp_path / "serve.log"
+    _, healthcheck = serve_df.healthcheck()
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(image_command(serve_df), env=env, stdout=out, stderr=out)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, f"rdad serve exited {proc.returncode}:\n{log()}"
+                assert time.monotonic() < deadline, f"never answered:\n{log()}"
+                try:
+                    health = client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert health.status_code == 200
+            assert subprocess.run(healthcheck, env=env, timeout=30, check=False).returncode == 0
+            waiting = client.get("/readyz")
+            assert waiting.status_code == 503, waiting.text
+            assert f"no models in {model_dir}" in waiting.json()["detail"]
+            staged = tmp_path / "tiny.onnx"
+            shutil.copy(tiny_onnx, staged)
+            os.replace(staged, model_dir / "tiny.onnx")  # atomic, as a deploy tool would
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert proc.poll() is None, f"rdad serve exited {proc.returncode}:\n{log()}"
+                assert time.monotonic() < deadline, f"model never picked up:\n{log()}"
+                time.sleep(0.1)
+            answer = client.post("/predict", files={"file": ("part.png", png(), "image/png")})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model"]["name"] == "tiny"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log()
+        assert "Traceback" not in log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.mark.timeout(120, func_only=True)  # the tiny model fixture may be trained first
@@ -948,7 +1040,7 @@ def test_serving_entrypoint_runs_on_the_host_and_stops_on_sigterm(
         assert code == 0, f"exit code {code} after SIGTERM:\n{log()}"
         assert drain_s * 0.75 <= elapsed < grace_s, f"stopped after {elapsed:.1f} s"
         assert probe(healthcheck) != 0, "HEALTHCHECK passes with no server"
-        assert "serving tiny from" in log()
+        assert "loading tiny from" in log()
     finally:
         if proc.poll() is None:
             proc.kill()
