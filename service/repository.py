@@ -247,7 +247,8 @@ class ModelRepository:
     async def poll(self) -> None:
         """Act on what changed since the last two scans (see the module docstring)."""
         async with self._lock:
-            scan = scan_folder(self.settings.model_dir)
+            # A thread: on network storage a directory listing can take a while.
+            scan = await asyncio.to_thread(scan_folder, self.settings.model_dir)
             previous, self._last_scan = self._last_scan, scan
             was_problem, self.folder_problem = self.folder_problem, scan.problem
             if scan.problem and scan.problem != was_problem:
@@ -275,7 +276,8 @@ class ModelRepository:
         :class:`ModelNotFoundError` (no such file) or :class:`ModelLoadError` (the reason; a
         previous version keeps serving)."""
         async with self._lock:
-            scan = scan_folder(self.settings.model_dir)
+            # A thread: on network storage a directory listing can take a while.
+            scan = await asyncio.to_thread(scan_folder, self.settings.model_dir)
             if name in scan.conflicts:
                 raise ModelLoadError(scan.conflicts[name])
             if name not in scan.files:
