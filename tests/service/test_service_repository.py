@@ -248,19 +248,22 @@ async def test_reload_swaps_versions_without_failing_requests_in_flight(
     async with make_client(model_dir=repo, model_poll_s=0, control=control) as client:
         data = images.png()
         stop = asyncio.Event()
-        answers: list[tuple[int, str]] = []
+        phase = "before"  # of the reload, when a request was sent
+        answers: list[tuple[str, int, str]] = []
 
         async def worker() -> None:
             while not stop.is_set():
+                sent = phase
                 r = await client.post("/predict", files=images.upload(data))
-                answers.append(
-                    (r.status_code, r.json()["model"]["version"] if r.is_success else r.text)
-                )
+                version = r.json()["model"]["version"] if r.is_success else r.text
+                answers.append((sent, r.status_code, version))
 
         workers = [asyncio.create_task(worker()) for _ in range(6)]
         await wait_for(_count(answers, 12))
+        phase = "during"
         write_model(model_dir / "tiny.onnx", repo / "tiny.onnx", version="v2")
         reload = await client.post("/models/tiny/reload")
+        phase = "after"
         at_reload = len(answers)
         await wait_for(_count(answers, at_reload + 24))
         stop.set()
@@ -273,11 +276,13 @@ async def test_reload_swaps_versions_without_failing_requests_in_flight(
         listing = (await client.get("/models")).json()
     assert reload.status_code == 200, reload.text
     assert reload.json()["version"] == "v2" and reload.json()["state"] == "ready"
-    assert [code for code, _ in answers] == [200] * len(answers), answers
-    versions = [v for _, v in answers]
-    assert set(versions[:at_reload]) == {"v1"}
-    # Up to one request per worker was routed to v1 before the swap and answered after it.
-    assert set(versions[at_reload + len(workers) :]) == {"v2"}
+    assert [code for _, code, _ in answers] == [200] * len(answers), answers
+    by_phase: dict[str, list[str]] = {}
+    for sent, _, version in answers:
+        by_phase.setdefault(sent, []).append(version)
+    assert set(by_phase["before"]) == {"v1"}  # routed before the swap, answered by v1
+    assert by_phase["during"], "no request was in flight during the reload"
+    assert set(by_phase["after"]) == {"v2"}
     assert [(m["version"], m["state"]) for m in listing["models"]] == [("v2", "ready")]
 
 
@@ -380,3 +385,52 @@ async def test_default_model_that_failed_keeps_the_service_not_ready(
     assert runtime.default_model == "main"
     assert ready.status_code == 503 and "default model 'main' is failed" in ready.json()["detail"]
     assert default.status_code == 503 and good.status_code == 200
+
+
+async def test_loading_and_warming_states_are_visible(
+    make_client, images, control, model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A model appearing while the service runs: ``loading`` (file being read), ``warming``
+    (warm-up batches), then ``ready``, in /models, /readyz and rdad_model_info; the instance stays
+    ready meanwhile."""
+    import threading
+
+    from rdad.service import repository
+
+    loading = threading.Event()
+    release = threading.Event()
+    real_load = repository.Engine.load
+
+    def slow_load(name: str, path: Path, settings: Settings) -> Any:
+        if name == "late":
+            loading.set()
+            assert release.wait(30), "test never released the load"
+        return real_load(name, path, settings)
+
+    monkeypatch.setattr(repository.Engine, "load", slow_load)
+    repo = tmp_path / "repo"
+    write_model(model_dir / "tiny.onnx", repo / "tiny.onnx")
+    async with make_client(model_dir=repo, model_poll_s=POLL_S, control=control) as client:
+
+        async def state_of(name: str) -> str | None:
+            return (await client.get("/readyz")).json()["models"].get(name)
+
+        write_model(model_dir / "tiny.onnx", repo / "late.onnx", version="l1")
+        await wait_for(lambda: asyncio.to_thread(loading.wait, 0))
+        assert await state_of("late") == "loading"
+        during_load = (await client.get("/readyz")).status_code
+        metrics = (await client.get("/metrics")).text
+        control.gate.clear()  # hold the warm-up batches
+        release.set()
+        await wait_for(lambda: _state_is(client, "late", "warming"))
+        control.gate.set()
+        await wait_for(lambda: _state_is(client, "late", "ready"))
+        answer = await client.post("/models/late/predict", files=images.upload(images.png()))
+    assert during_load == 200  # a model coming in does not take the instance out of rotation
+    assert images.metric(metrics, "rdad_model_info", model="late", state="loading") == 1
+    assert images.metric(metrics, "rdad_model_ready", model="late") == 0
+    assert answer.status_code == 200 and answer.json()["model"]["version"] == "l1"
+
+
+async def _state_is(client: Any, name: str, state: str) -> bool:
+    return (await client.get("/readyz")).json()["models"].get(name) == state
