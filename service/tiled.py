@@ -111,14 +111,19 @@ async def predict(
     grids = [grid for (_, grid), _ in decoded]
     counts = [len(grid) for grid in grids]
     own_s = loop.time() - started
-    # One image per file was admitted by the route; the other tiles are admitted now.
+    # One image per file was admitted by the route; the other tiles are admitted now. A request
+    # alone on the model always gets to try (as in admission): its batches correct the estimate.
     extra = max(0, sum(counts) - len(decoded))
-    model.admission.admit(extra, now=loop.time(), deadline=deadline)
+    admission = model.admission
+    if admission.admitted <= len(uploads):
+        admission.admitted += extra
+    else:
+        admission.admit(extra, now=loop.time(), deadline=deadline)
     try:
         tiles = [tile for (d, _), _ in decoded for tile in d.model_input]
         items = await model.batcher.infer(tiles, deadline=deadline) if tiles else []
     finally:
-        model.admission.release(extra)
+        admission.release(extra)
     bounds = np.cumsum([0, *counts])
 
     def stitched_item(index: int) -> ItemResult:

@@ -3,6 +3,7 @@ its maps are stitched, and what it answers equals what ``rdad eval`` scores."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import shutil
 from pathlib import Path
@@ -95,3 +96,27 @@ async def test_an_image_with_more_tiles_than_the_queue_holds_is_refused(
         response = await client.post("/predict", files=images.upload(images.png(256, 256)))
     assert response.status_code == 413
     assert "tiles" in response.json()["detail"]
+
+
+async def test_admission_counts_every_tile_and_a_lone_request_always_tries(
+    make_client: Any, control: Any, images: Any, tiled_dir: Path
+) -> None:
+    data = images.png(200, 150)  # 3 × 4 tiles of 64 px with ≥16 px overlap
+    async with make_client(model_dir=tiled_dir, control=control, max_batch_size=4) as client:
+        model = client.app.state.runtime.get(None)
+        # A pessimistic estimate (10 s per batch) must not refuse a request alone on the model.
+        model.admission.latency.record(4, 10.0)
+        control.gate.clear()
+        control.entered.clear()
+        running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
+        for _ in range(3000):  # ≤ 30 s; a refused request never reaches the engine
+            if control.entered.is_set() or running.done():
+                break
+            await asyncio.sleep(0.01)
+        assert control.entered.is_set(), (await running).text
+        in_flight = model.admission.admitted
+        control.gate.set()
+        response = await running
+        after = model.admission.admitted
+    assert response.status_code == 200, response.text
+    assert in_flight == 12 and after == 0
