@@ -87,7 +87,8 @@ async def test_full_queue_answers_503_at_once(make_client, images, control) -> N
         await _until(lambda: _batcher(client).depth == 2)
         refused = await client.post("/predict", files=images.upload(data))
         assert refused.status_code == 503
-        assert refused.headers["Retry-After"] == "1"
+        # Retry-After: the estimated drain time of the work ahead, at least RDAD_RETRY_AFTER_S.
+        assert int(refused.headers["Retry-After"]) >= 1
         assert refused.json()["error"] == "queue_full"
         control.gate.set()
         served = await asyncio.gather(running, *queued)
