@@ -48,7 +48,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, resnet.BasicBlock, (2, 2, 2), 2
     ),
     "resnet34": BackboneSpec(
-        models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, resnet.BasicBlock, (3, 4, 6), 2
+        models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, resnet.BasicBlock, (3, 4, 6), 3
     ),
     "resnet50": BackboneSpec(
         models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, resnet.Bottleneck, (3, 4, 6), 3

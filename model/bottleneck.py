@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models import resnet
 
 from .backbones import BackboneSpec
+from .init import official_init_
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -29,6 +30,7 @@ class OCBE(nn.Module):
         self.fuse1 = nn.Sequential(*_conv_bn_relu(c1, 128 * e), *_conv_bn_relu(128 * e, c3))
         self.fuse2 = nn.Sequential(*_conv_bn_relu(c2, c3))
         self.embed = self._make_oce(spec, in_channels=3 * c3)
+        official_init_(self)
 
     @staticmethod
     def _make_oce(spec: BackboneSpec, *, in_channels: int) -> nn.Sequential:

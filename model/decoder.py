@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models import resnet
 
 from .backbones import BackboneSpec
+from .init import official_init_
 
 
 def deconv2x2(cin: int, cout: int, *, groups: int = 1) -> nn.ConvTranspose2d:
@@ -81,6 +82,7 @@ class StudentDecoder(nn.Module):
         self.up3 = self._make_stage(block, 256, n3)  # → teacher layer3 shape
         self.up2 = self._make_stage(block, 128, n2)  # → teacher layer2 shape
         self.up1 = self._make_stage(block, 64, n1)  # → teacher layer1 shape
+        official_init_(self)
 
     def _make_stage(
         self, block: type[DeBasicBlock] | type[DeBottleneck], planes: int, num_blocks: int
