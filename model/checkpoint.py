@@ -43,8 +43,9 @@ class TrainConfig:
     anomaly_map_mode: str = "sum"
     sigma: float = 4.0
     device: str = "auto"
-    amp: bool = True
-    """Mixed precision (float16 autocast + grad scaling); only ever used on CUDA."""
+    amp: bool = False
+    """Mixed precision (float16 autocast + grad scaling), opt-in, CUDA only; the official code
+    trains in float32."""
     checkpoint_every: int = 10
     tile_size: int = 0
     """0: whole images resized to ``image_size``. >0: tiled mode (:mod:`rdad.tiling`), tiles of

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from rdad.imaging import ImageDecodeError, load_image, resize_rgb
 
@@ -117,15 +117,22 @@ def load_images(paths: Sequence[Path], image_size: int, *, workers: int = 4) -> 
 def load_mask(path: Path | None, image_size: int) -> np.ndarray:
     """Ground-truth mask as bool ``(S, S)``; all-False when there is no mask file (good image).
 
-    Resized bilinearly and thresholded at 0.5, as the official evaluation does.
+    Resized exactly as the official RD4AD evaluation does (torchvision ``Resize`` on the PIL image,
+    ``ToTensor``, ``> 0.5``): Pillow's bilinear filter widens with the scale factor, so a downscale
+    averages over the area each output pixel covers instead of sampling a few input pixels. A
+    defect then counts where it covers more than half an output pixel, wherever it falls on the
+    grid; point sampling (``cv2.INTER_LINEAR``) made a thin scratch appear or vanish, or break into
+    dashes, depending on its sub-pixel position.
     """
     if path is None:
         return np.zeros((image_size, image_size), dtype=bool)
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DatasetError(f"cannot read mask {path}")
-    mask = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-    return mask >= 128
+    try:
+        with Image.open(path) as img:
+            gray = img.convert("L")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}") from exc
+    resized = np.asarray(gray.resize((image_size, image_size), Image.Resampling.BILINEAR))
+    return resized > 127  # ToTensor's v / 255 > 0.5
 
 
 def split_holdout(

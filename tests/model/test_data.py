@@ -104,3 +104,47 @@ def test_holdout_split_is_seeded_disjoint_and_sized() -> None:
     assert len(split_holdout(paths[:10], fraction=0.1, minimum=4, seed=0)[1]) == 4
     with pytest.raises(DatasetError, match="need at least"):
         split_holdout(paths[:5], fraction=0.1, minimum=4, seed=0)
+
+
+def _official_mask(path: Path, size: int) -> np.ndarray:
+    """The official RD4AD evaluation: Resize((S, S)) + CenterCrop(S) on the PIL mask, ToTensor,
+    ``> 0.5``."""
+    from torchvision import transforms
+
+    gt = transforms.Compose(
+        [transforms.Resize((size, size)), transforms.CenterCrop(size), transforms.ToTensor()]
+    )(Image.open(path))
+    return (gt[0] > 0.5).numpy()
+
+
+def test_masks_are_resized_like_the_official_evaluation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((900, 900), np.uint8)
+    cv2.circle(mask, (300, 420), 120, 255, -1)
+    cv2.line(mask, (50, 100), (850, 700), 255, 3)  # a thin scratch
+    mask[rng.random((900, 900)) < 0.001] = 255  # speckles
+    path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(path)
+    for size in (256, 224, 128):
+        got = load_mask(path, size)
+        assert got.dtype == bool and got.shape == (size, size)
+        np.testing.assert_array_equal(got, _official_mask(path, size))
+    assert not load_mask(None, 64).any()
+
+
+def test_thin_line_mask_does_not_alias_with_its_sub_pixel_position(tmp_path: Path) -> None:
+    """900 → 256 px: each output pixel covers ~3.5 input rows. A 1-px line covers well under
+    half an output pixel, so it is below the 0.5 threshold wherever it lies; a 4-px line always
+    covers at least one output row fully. Point sampling (cv2.INTER_LINEAR) made the 1-px line
+    appear or vanish depending on its row."""
+    for width, allowed_rows in ((1, {0}), (4, {1, 2})):
+        for row in range(400, 408):  # every phase of the 3.5-px sampling grid
+            mask = np.zeros((900, 900), np.uint8)
+            mask[row : row + width, 100:800] = 255
+            path = tmp_path / f"line{width}_{row}.png"
+            Image.fromarray(mask).save(path)
+            got = load_mask(path, 256)
+            rows = np.flatnonzero(got.any(axis=1))
+            assert len(rows) in allowed_rows, (width, row)
+            if len(rows):  # one unbroken line, no dashes
+                assert got[rows].any(axis=0)[29:227].all(), (width, row)
