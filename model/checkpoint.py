@@ -1,4 +1,10 @@
-"""Self-describing checkpoints: the config, weights, optimiser, RNG and calibration in one file.
+"""Self-describing checkpoints: the config, weights and calibration in one file.
+
+Two kinds, one format: ``OUT/checkpoint.pt`` (final) holds what export and eval need — config,
+weights (teacher included), calibration, data summary, history; ``OUT/last.pt`` (for
+``--resume``) adds the optimiser, the AMP scaler and the RNG state. Both are read with
+``torch.load(weights_only=True)``: they hold only tensors and plain Python types, and a file with
+pickled objects (which could run code when loaded) is refused.
 
 A checkpoint rebuilds its model without the original command line: the config says how to build
 the network and the state dict (teacher included) fills it, so no weights are fetched again.
@@ -7,6 +13,8 @@ the network and the state dict (teacher included) fills it, so no weights are fe
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +27,9 @@ from rdad.metadata import Calibration
 
 from .network import ReverseDistillation
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+"""2: plain types only (weights_only loading), optimiser and RNG in ``last.pt`` only."""
+RESUME_ONLY_KEYS = ("optimizer", "scaler", "rng")
 
 
 @dataclass
@@ -89,13 +99,34 @@ def save_checkpoint(path: Path, **payload: Any) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """The file is not a checkpoint rdad can load safely; the message says why."""
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain types only."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # weights_only=False: our own files hold numpy RNG state and plain dicts.
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an rdad checkpoint (format {ckpt.get('format')!r})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler names the first thing it refused: a global (a class or
+        # function the file wants to import and call) is the dangerous kind.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:
+            raise CheckpointError(f"cannot read checkpoint {path}: not a torch file") from None
+        raise CheckpointError(
+            f"refusing to load {path}: it holds a pickled Python object ({refused.group(1)}) "
+            "that could run code when loaded; rdad checkpoints hold only tensors and plain "
+            f"types (re-create it with rdad {__version__})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} is not an rdad checkpoint of format {CHECKPOINT_FORMAT} (found {found!r})"
+        )
     return ckpt
 
 

@@ -3,21 +3,24 @@
 All hyper-parameters live in :class:`rdad.model.checkpoint.TrainConfig`, which is saved in every
 checkpoint; ``resume=True`` continues from ``OUT/last.pt`` with the same config, weights, optimiser
 and RNG state, so a resumed run ends where an uninterrupted one would.
+
+Under ``torchrun`` every process runs this same function on its shard of each epoch
+(:mod:`model.distributed`); rank 0 alone logs, writes checkpoints and calibrates, and the files are
+the same as a single process writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .backbones import IMAGENET, RANDOM
 from .calibrate import calibrate
 from .checkpoint import (
@@ -29,17 +32,12 @@ from .checkpoint import (
 )
 from .data import DatasetError, good_training_images, split_holdout
 from .loss import distillation_loss
+from .rng import rng_state, seed_everything, set_rng_state
 from .tiles import load_training_images, stitch_for_calibration
 
 __all__ = ["TrainConfig", "train"]
 
 log = logging.getLogger(__name__)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def describe_teacher_weights(source: str) -> str:
@@ -48,20 +46,6 @@ def describe_teacher_weights(source: str) -> str:
         return source
     digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
     return f"file:{Path(source).name}:sha256={digest}"
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
 
 
 def train(
@@ -76,8 +60,24 @@ def train(
     With ``resume``, everything comes from ``cfg.out/last.pt`` (config, weights, optimiser, RNG)
     except the total number of epochs, which ``epochs_override`` may raise to extend a run.
     """
+    with distributed.setup(cfg.device) as proc:
+        return _train(cfg, proc, resume=resume, epochs_override=epochs_override, progress=progress)
+
+
+def _train(
+    cfg: TrainConfig,
+    proc: distributed.Process,
+    *,
+    resume: bool,
+    epochs_override: int | None,
+    progress: bool,
+) -> Path:
+    def say(message: str) -> None:
+        if proc.is_main:
+            print(message, flush=True)
+
     out = Path(cfg.out)
-    last_path = out / "last.pt"
+    last_path, final_path = out / "last.pt", out / "checkpoint.pt"
     resumed: dict[str, Any] | None = None
     if resume:
         if not last_path.is_file():
@@ -86,11 +86,9 @@ def train(
         cfg = TrainConfig.from_dict(resumed["config"])
         if epochs_override is not None:
             cfg.epochs = epochs_override
-        print(f"resuming {last_path} at epoch {resumed['epoch']} of {cfg.epochs}")
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    device = _resolve_device(cfg.device)
+        say(f"resuming {last_path} at epoch {resumed['epoch']} of {cfg.epochs}")
+    seed_everything(cfg.seed)
+    device = proc.device
     use_amp = cfg.amp and device.type == "cuda"
 
     # --- data: decode once, hold out good images for calibration -------------------------------
@@ -103,7 +101,7 @@ def train(
     skipped = train_set.skipped + holdout_set.skipped
     if len(train_set.paths) < 2 or len(holdout_set.paths) < 2:
         raise DatasetError(f"too few readable images in {cfg.data} ({len(skipped)} unreadable)")
-    print(
+    say(
         f"data: {len(train_set.paths)} train + {len(holdout_set.paths)} held out for calibration"
         + (f", {len(skipped)} unreadable skipped" if skipped else "")
     )
@@ -119,41 +117,57 @@ def train(
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scaler.load_state_dict(resumed["scaler"])
-        _set_rng_state(resumed["rng"])
+        set_rng_state(resumed["rng"])
         start_epoch, history = resumed["epoch"], resumed["history"]
         teacher_source = resumed["teacher_source"]
+    net = distributed.wrap(model, proc)  # forward/backward through DDP; state from `model`
 
-    # The last batch is dropped only if it would hold one image: BatchNorm cannot train on it.
+    # Each process takes --batch-size images per step from its shard of the epoch.
     n, bs = len(images), cfg.batch_size
-    drop_last = n > bs and n % bs == 1
+    shard = distributed.sampler(n, proc, seed=cfg.seed)
+    say(
+        f"effective batch size {bs * proc.world_size} ({bs} per process × {proc.world_size} "
+        f"process{'es' if proc.distributed else ''} on {device.type})"
+    )
 
-    def state(epoch: int) -> dict[str, Any]:
+    def final_state(epoch: int) -> dict[str, Any]:
+        """What export and eval need."""
         return {
             "config": cfg,
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
             "epoch": epoch,
             "history": history,
             "teacher_source": teacher_source,
         }
 
+    def resume_state(epoch: int) -> dict[str, Any]:
+        return {
+            **final_state(epoch),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+        }
+
     # --- epochs ----------------------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = torch.randperm(n)
-        batches = [order[i : i + bs] for i in range(0, n, bs)]
-        if drop_last:
+        net.train()
+        shard.set_epoch(epoch)
+        order = torch.tensor(list(shard), dtype=torch.long)
+        batches = list(order.split(bs))
+        # A batch of one image cannot train BatchNorm: drop it (same length on every process).
+        if len(batches) > 1 and len(batches[-1]) == 1:
             batches = batches[:-1]
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
+            batches,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (progress and proc.is_main),
+            leave=False,
         )
         for idx in bar:
             batch = images[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                teacher, student = model(batch)
+                teacher, student = net(batch)
                 loss = distillation_loss(teacher, student)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -165,17 +179,20 @@ def train(
             bar.set_postfix(
                 loss=f"{loss_value:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}"
             )
-        epoch_loss = loss_sum / max(seen, 1)
+        loss_sum, seen_all = distributed.sum_over_processes(loss_sum, seen, proc=proc)
+        epoch_loss = loss_sum / max(seen_all, 1)
         history.append({"epoch": epoch + 1, "loss": epoch_loss})
-        print(
+        say(
             f"epoch {epoch + 1}/{cfg.epochs} loss {epoch_loss:.4f} "
-            f"{seen / (time.perf_counter() - t0):.1f} img/s",
-            flush=True,
+            f"{seen_all / (time.perf_counter() - t0):.1f} img/s"
         )
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            save_checkpoint(last_path, **state(epoch + 1))
+        if proc.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+            save_checkpoint(last_path, **resume_state(epoch + 1))
+    distributed.barrier(proc)  # last.pt is complete before any process moves on
+    if not proc.is_main:
+        return final_path
 
-    # --- calibration on held-out good images ---------------------------------------------------
+    # --- calibration on held-out good images (rank 0) --------------------------------------------
     maps, scores = predict(model, holdout_set.images, batch_size=bs, device=str(device))
     maps, scores = stitch_for_calibration(maps, scores, holdout_set, cfg)
     calibration = calibrate(
@@ -184,15 +201,14 @@ def train(
         threshold_percentile=cfg.threshold_percentile,
         pixel_threshold_percentile=cfg.pixel_threshold_percentile,
     )
-    print(
+    say(
         f"calibrated on {calibration.num_images} good images: image threshold "
         f"{calibration.image_threshold:.4f}, pixel threshold {calibration.pixel_threshold:.4f}"
     )
-    final = out / "checkpoint.pt"
     model.cpu()
     save_checkpoint(
-        final,
-        **state(cfg.epochs),
+        final_path,
+        **final_state(cfg.epochs),
         calibration=calibration,
         data_summary={
             "data": str(cfg.data),
@@ -202,5 +218,9 @@ def train(
             "holdout": [str(p) for p in holdout_set.paths],
         },
     )
-    print(f"wrote {final}")
-    return final
+    say(f"wrote {final_path} ({_mib(final_path)}; resume state in {last_path.name})")
+    return final_path
+
+
+def _mib(path: Path) -> str:
+    return f"{path.stat().st_size / 2**20:.1f} MiB"
