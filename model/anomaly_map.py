@@ -32,6 +32,9 @@ class GaussianBlur(nn.Module):
     as a constant rather than rebuilt on every forward.
     """
 
+    kernel_h: torch.Tensor
+    kernel_v: torch.Tensor
+
     def __init__(self, sigma: float) -> None:
         super().__init__()
         if not (sigma > 0 and math.isfinite(sigma)):

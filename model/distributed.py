@@ -12,12 +12,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,9 @@ def sampler(num_items: int, proc: Process, *, seed: int) -> DistributedSampler[i
     The order depends only on ``seed`` and the epoch (not on the global RNG), so a run resumed at
     an epoch boundary, with any number of processes, sees the same images per epoch. Shards are
     padded to equal length so every process runs the same number of steps."""
+    items = cast("Dataset[int]", range(num_items))  # a Sized sequence is all the sampler reads
     return DistributedSampler(
-        range(num_items), num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=seed
+        items, num_replicas=proc.world_size, rank=proc.rank, shuffle=True, seed=seed
     )
 
 

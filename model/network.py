@@ -39,6 +39,9 @@ class InferenceOutput(NamedTuple):
 class Preprocess(nn.Module):
     """uint8 ``(B, H, W, 3)`` RGB → normalised float ``(B, 3, H, W)``."""
 
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
