@@ -218,7 +218,8 @@ def _train(
             "holdout": [str(p) for p in holdout_set.paths],
         },
     )
-    say(f"wrote {final_path} ({_mib(final_path)}; resume state in {last_path.name})")
+    resume_note = f"; resume state in {last_path.name}" if last_path.is_file() else ""
+    say(f"wrote {final_path} ({_mib(final_path)}{resume_note})")
     return final_path
 
 
