@@ -13,10 +13,10 @@ the network and the state dict (teacher included) fills it, so no weights are fe
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from pickle import UnpicklingError  # nosec B403 - only the error type torch raises
 from typing import Any
 
 import numpy as np
@@ -109,7 +109,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except UnpicklingError as exc:
         # torch's weights-only unpickler names the first thing it refused: a global (a class or
         # function the file wants to import and call) is the dangerous kind.
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
