@@ -56,3 +56,16 @@ def test_empty_api_key_variable_means_no_key(monkeypatch) -> None:  # type: igno
 
     monkeypatch.setenv("RDAD_API_KEY", "  ")
     assert Settings().api_key is None
+
+
+def test_empty_explicit_model_dir_with_polling_starts_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rdad.commands.serve import _ensure_models
+    from rdad.service.settings import Settings
+
+    _ensure_models(Settings(model_dir=tmp_path / "models", model_poll_s=5), model_dir_given=True)
+    out = capsys.readouterr().out
+    assert f"model folder {tmp_path / 'models'} does not exist" in out
+    assert "loading models as they appear (checked every 5 s)" in out
+    assert not (tmp_path / "models").exists()  # no demo model built into an explicit folder
