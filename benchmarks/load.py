@@ -119,7 +119,7 @@ def raw_ort(model_file: Path, images: list[tuple[str, bytes]], batch: int, runs:
 
     from rdad.imaging import decode_image, resize_rgb
     from rdad.metadata import ModelMetadata
-    from rdad.service.engine import resolve_providers
+    from rdad.service.device import resolve_providers
     from rdad.service.settings import Settings
 
     providers = resolve_providers(Settings(model_dir=model_file.parent))

@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--backbones", default="wide_resnet50_2,resnet18")
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--precisions", default="fp32", help="fp32,fp16: fp16 goes to NAME-fp16/")
+    parser.add_argument("--device", default="cpu", help="device for the calibration pass")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # the deliberate random-teacher warning
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,8 +38,12 @@ def main() -> None:
                 image_size=args.image_size,
                 epochs=0,
                 teacher_weights="random",
+                device=args.device,
             )
-            export_onnx(train(cfg, progress=False), args.out / backbone / "model.onnx")
+            checkpoint = train(cfg, progress=False)
+            for precision in args.precisions.split(","):
+                name = backbone if precision == "fp32" else f"{backbone}-{precision}"
+                export_onnx(checkpoint, args.out / name / "model.onnx", precision=precision)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,62 @@ class _GraphModule(nn.Module):
         return anomaly_map.float(), score.float()
 
 
+def tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """``{tensor name: onnx.TensorProto element type}`` after shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    graph = inferred.graph
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*graph.value_info, *graph.input, *graph.output]
+    }
+    types.update({init.name: init.data_type for init in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def map_tail_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The anomaly-map tail: every node downstream of the first cast of fp16 features to fp32.
+
+    Empty for an fp32 graph (no such cast).
+    """
+    types = tensor_types(proto)
+    nodes = list(proto.graph.node)
+    frontier: set[str] = set()
+    for node in nodes:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        is_upcast = node.op_type == "Cast" and to == onnx.TensorProto.FLOAT
+        if is_upcast and types.get(node.input[0]) == onnx.TensorProto.FLOAT16:
+            frontier.update(node.output)
+    tail: list[onnx.NodeProto] = []
+    for node in nodes:  # ONNX nodes are topologically sorted
+        if any(name in frontier for name in node.input):
+            tail.append(node)
+            frontier.update(node.output)
+    return tail
+
+
+def map_tail_problems(proto: onnx.ModelProto) -> list[str]:
+    """``op name: type`` of every non-fp32 float tensor in the map tail (empty = all fp32)."""
+    types = tensor_types(proto)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    tail = map_tail_nodes(proto)
+    if not tail:
+        return ["no fp16→fp32 cast found before the anomaly map"]
+    problems = []
+    for node in tail:
+        for name in [*node.input, *node.output]:
+            kind = types.get(name)
+            if kind in floats and kind != onnx.TensorProto.FLOAT:
+                problems.append(
+                    f"{node.op_type} {node.name}: {onnx.TensorProto.DataType.Name(kind)}"
+                )
+    return problems
+
+
 def parity_images(ckpt: dict[str, Any], image_size: int, count: int = 4) -> np.ndarray:
     """uint8 ``(count, S, S, 3)``: held-out training images if readable, else synthetic parts."""
     held = [Path(p) for p in ckpt.get("data_summary", {}).get("holdout", [])][:count]
@@ -115,7 +171,15 @@ def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32"
     images = parity_images(ckpt, net.image_size)
     ref_maps, ref_scores = predict(net, images)
 
-    graph = _GraphModule(net.half() if precision == "fp16" else net).eval()
+    if precision == "fp16":
+        # Backbone, OCBE and student in half precision; the anomaly-map tail (cosine, upsampling,
+        # blur, max) stays fp32: cosine distances of near-identical features are small
+        # differences of large numbers, which fp16 would round away. The tail module is never
+        # converted, so its blur kernel stays the exact fp32 Gaussian (a half → float round trip
+        # would keep fp16-rounded values).
+        for part in (net.preprocess, net.teacher, net.bottleneck, net.student):
+            part.half()
+    graph = _GraphModule(net).eval()
     example = torch.from_numpy(images[:2])
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
@@ -143,6 +207,8 @@ def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32"
         proto.doc_string = f"rdad {meta.backbone} {meta.image_size}px Reverse Distillation"
         proto.producer_name, proto.producer_version = "rdad", __version__
         onnx.checker.check_model(proto)
+        if precision == "fp16" and (problems := map_tail_problems(proto)):
+            raise ExportError(f"fp16 graph has a non-fp32 anomaly-map tail: {problems[:3]}")
         onnx.save(proto, str(tmp_path))
 
         ort_maps, ort_scores = _ort_run(tmp_path, images)

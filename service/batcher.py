@@ -5,8 +5,9 @@ one image, while N processes would each hold a copy of the model and its CUDA co
 time-slice the device. So the service runs one process per GPU and gets its concurrency here.
 
 Policy. A batch closes when it holds ``max_batch_size`` images, or ``max_delay`` after its first
-image arrived, whichever comes first, but never while the previous batch is still running: under
-load the queue fills while the thread is busy and the next batch leaves full, with no added delay.
+image arrived, whichever comes first, but never while ``max_inflight`` batches are still running
+(1 on CPU; 2 on GPUs, so the next batch is stacked and uploaded while one computes): under load the
+queue fills while the lanes are busy and the next batch leaves full, with no added delay.
 It also closes at once when no other image is on its way (no request for the model is still
 decoding): then the delay could only add latency, which is what a lone client would otherwise pay.
 Images from one request may be split over several batches and share them with other requests.
@@ -76,6 +77,7 @@ class Batcher:
         retry_after_s: int = 1,
         metrics: ModelMetrics | None = None,
         admission: ModelAdmission | None = None,
+        max_inflight: int = 1,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -89,16 +91,19 @@ class Batcher:
         self.admission = admission or ModelAdmission(
             name, max_batch_size=max_batch_size, max_queue=max_queue, retry_after_s=retry_after_s
         )
-        # One thread: an ORT session already uses every core (CPU) or the whole device (GPU);
-        # two concurrent runs would only contend. Warm-up runs on it too, before any request.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"rdad-infer-{name}")
+        # One thread per in-flight batch: on CPU one (an ORT session already uses every core);
+        # on a GPU two, so stacking and uploading batch k+1 overlaps the device running batch k.
+        # Warm-up runs on these threads too, before any request.
+        self.max_inflight = max_inflight
+        self.executor = ThreadPoolExecutor(max_inflight, thread_name_prefix=f"rdad-infer-{name}")
         self._pending: deque[_Item] = deque()
         self._incoming = 0  # images of requests still decoding (see `incoming`)
         self._wakeup = asyncio.Event()
-        self._idle = True
+        self._running = 0  # batches in flight
+        self._running_batches: dict[int, tuple[float, int]] = {}  # id → (started, size)
         self._closed = False
         self._loop_task: asyncio.Task[None] | None = None
-        self._batch_task: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -184,7 +189,7 @@ class Batcher:
         while True:
             self._wakeup.clear()
             timeout: float | None = None
-            if self._pending and self._idle:
+            if self._pending and self._running < self.max_inflight:
                 now = loop.time()
                 closes_at = self._pending[0].enqueued_at + self.max_delay_s
                 # Waiting only pays when another image can still join: if no request for this
@@ -226,8 +231,8 @@ class Batcher:
         self._update_depth()
         if not batch:
             return
-        self._idle = False
-        self._batch_task = asyncio.create_task(self._run(batch))
+        self._running += 1
+        self._batch_tasks.add(asyncio.create_task(self._run(batch)))
 
     def _run_sync(self, images: list[np.ndarray]) -> tuple[InferenceOutput, float]:
         stacked = np.stack(images)
@@ -239,11 +244,22 @@ class Batcher:
             raise RuntimeError(f"runner returned {out.score.shape[0]} results for {n} images")
         return out, elapsed
 
+    def _sync_admission(self) -> None:
+        # Admission and the watchdog see one "running batch": the oldest one's start and every
+        # running image (two batches may be in flight on a GPU).
+        admission = self.admission
+        if self._running_batches:
+            admission.running_since = min(t for t, _ in self._running_batches.values())
+            admission.running_size = sum(n for _, n in self._running_batches.values())
+        else:
+            admission.running_since, admission.running_size = None, 0
+
     async def _run(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         admission = self.admission
-        admission.running_since, admission.running_size = started, len(batch)
+        self._running_batches[id(batch)] = (started, len(batch))
+        self._sync_admission()
         try:
             out, inference_s = await loop.run_in_executor(
                 self.executor, self._run_sync, [item.image for item in batch]
@@ -275,8 +291,12 @@ class Batcher:
                     )
                     item.future.set_result(result)
         finally:
-            admission.running_since, admission.running_size = None, 0
-            self._idle = True
+            self._running -= 1
+            self._running_batches.pop(id(batch), None)
+            task = asyncio.current_task()
+            if task is not None:
+                self._batch_tasks.discard(task)
+            self._sync_admission()
             self._wakeup.set()
 
     def _update_depth(self) -> None:
@@ -288,7 +308,7 @@ class Batcher:
         self._closed = True
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
-        while (self._pending or not self._idle) and loop.time() < end:
+        while (self._pending or self._running) and loop.time() < end:
             await asyncio.sleep(0.01)
         if self._loop_task:
             self._loop_task.cancel()

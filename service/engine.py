@@ -1,17 +1,22 @@
-"""One ONNX Runtime session per model: provider choice, IO binding on GPUs, warm-up.
+"""One ONNX Runtime session per model: device policy, provider options, IO binding, warm-up.
 
-Provider policy: the configured order (default TensorRT → CUDA → CPU, TensorRT only when enabled)
-filtered to what this onnxruntime build lists *and* what can start here. ``onnxruntime-gpu`` lists
-CUDA even on a machine without a GPU; asking for it there makes ORT print a long error for every
-session, so a cheap driver probe runs first and a missing GPU is logged once, loudly, before falling
-back. Whatever ORT finally picks is logged per model and exported as ``rdad_model_info``.
+Which providers are asked for, and the proof of where the graph really runs, live in
+:mod:`service.device`; this module builds the session with them and runs batches. What ORT
+finally uses is logged per model and shown in ``/models``, ``/readyz`` and ``rdad_model_info``.
+
+Running a batch on GPU providers: padded up to a batch-size bucket, on that bucket's own session
+(a session never changes input shape: measured on an H200, a change costs ~0.6 s), with up to
+``inflight`` batches at once, each on its own lane; optionally through
+:class:`service.iobinding.BoundBuffers` (device buffers allocated once per batch size).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
+import queue
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,16 +25,24 @@ import onnxruntime as ort
 
 from rdad.metadata import MetadataError, ModelMetadata
 
+from .device import (
+    CPU,
+    CUDA,
+    GPU_PROVIDERS,
+    TENSORRT,
+    DevicePolicyError,
+    node_placement,
+    placement_problem,
+    profiling_options,
+    resolve_providers,
+)
 from .errors import ModelLoadError
+from .iobinding import BoundBuffers
 from .settings import Settings
 
 log = logging.getLogger("rdad.service.engine")
 
-TENSORRT = "TensorrtExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-GPU_PROVIDERS = frozenset({TENSORRT, CUDA})
-_SHORT_NAMES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": CPU}
+__all__ = ["CPU", "CUDA", "GPU_PROVIDERS", "TENSORRT", "Engine", "InferenceOutput"]
 
 
 class InferenceOutput(NamedTuple):
@@ -39,54 +52,48 @@ class InferenceOutput(NamedTuple):
     """float32 ``(B,)``: raw image scores (max of the map)."""
 
 
-@functools.cache
-def cuda_problem(device_id: int) -> str | None:
-    """Why CUDA cannot start here (``None`` if it can): probes the driver through ``libcuda``."""
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return "no NVIDIA driver found (libcuda.so.1 cannot be loaded)"
-    status = lib.cuInit(0)
-    if status != 0:
-        return f"the NVIDIA driver failed to initialise (cuInit error {status})"
-    count = ctypes.c_int(0)
-    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= device_id:
-        return f"CUDA device {device_id} does not exist ({count.value} device(s) visible)"
-    return None
+def batch_buckets(settings: Settings, on_gpu: bool) -> list[int]:
+    """Sizes a batch is padded up to (empty: no padding)."""
+    top = settings.max_batch_size
+    if settings.batch_buckets is not None:
+        if 0 in settings.batch_buckets:
+            return []
+        sizes = {s for s in settings.batch_buckets if 1 <= s <= top}
+    elif on_gpu:
+        sizes = {1 << k for k in range(top.bit_length()) if 1 << k <= top}
+    else:
+        return []
+    return sorted(sizes | {top})
 
 
-def resolve_providers(settings: Settings) -> list[str]:
-    """The providers to ask ONNX Runtime for, in order; CPU is always last as a fallback."""
-    available = ort.get_available_providers()
-    chosen: list[str] = []
-    for raw in settings.providers:
-        name = _SHORT_NAMES.get(raw.lower(), raw)
-        if name == TENSORRT and not settings.tensorrt:
-            continue  # TensorRT only when enabled: first-start engine builds take minutes.
-        if name not in available:
-            log.warning("execution provider %s is not in this onnxruntime build; skipped", name)
-            continue
-        if name in GPU_PROVIDERS and (problem := cuda_problem(settings.device_id)):
-            log.error(
-                "!!! %s is available in onnxruntime but cannot start: %s. "
-                "Falling back to the next provider: inference will be much slower. !!!",
-                name,
-                problem,
-            )
-            continue
-        if name not in chosen:
-            chosen.append(name)
-    if CPU not in chosen:
-        chosen.append(CPU)
-    return chosen
+def _trt_profile(meta: ModelMetadata, buckets: list[int], top: int) -> dict[str, str]:
+    """TensorRT optimisation profiles: one exact-shape profile per bucket (batches are padded to
+    a bucket, so no other shape ever reaches the engine), or one 1..max profile without buckets.
+
+    ORT reads comma-separated ``input:shape`` lists; the k-th entries of min/opt/max form profile
+    k when the same input is named several times.
+    """
+    shape = f"{meta.image_size}x{meta.image_size}x3"
+    name = meta.input_name
+    lows, highs = (buckets, buckets) if buckets else ([1], [top])
+    return {
+        "trt_profile_min_shapes": ",".join(f"{name}:{b}x{shape}" for b in lows),
+        "trt_profile_opt_shapes": ",".join(f"{name}:{b}x{shape}" for b in highs),
+        "trt_profile_max_shapes": ",".join(f"{name}:{b}x{shape}" for b in highs),
+    }
 
 
-def _provider_options(name: str, settings: Settings, meta: ModelMetadata) -> dict[str, Any]:
+def provider_options(
+    name: str, settings: Settings, meta: ModelMetadata, batch: int | None = None
+) -> dict[str, Any]:
+    """ORT provider options; ``batch``: the one batch size this session will ever see (its
+    TensorRT engine is then built for exactly that shape)."""
     dev = str(settings.device_id)
-    size = meta.image_size
     if name == CUDA:
         # Exhaustive cuDNN search picks the fastest kernel per input shape on its first run:
-        # slow once, which is why warm-up runs every batch size the batcher can form.
+        # slow once, which is why warm-up runs every batch size the batcher can form. Measured on
+        # an H200, a *change* of input shape between runs of one session also costs ~0.6 s, so
+        # on GPUs each batch bucket gets its own session (see Engine.load).
         return {
             "device_id": dev,
             "cudnn_conv_algo_search": "EXHAUSTIVE",
@@ -96,16 +103,18 @@ def _provider_options(name: str, settings: Settings, meta: ModelMetadata) -> dic
     if name == TENSORRT:
         cache = settings.trt_cache_dir or settings.model_dir / ".trt-cache"
         cache.mkdir(parents=True, exist_ok=True)
-        shape = f"{size}x{size}x3"
+        fp16 = settings.trt_fp16 or meta.precision == "fp16"
         return {
             "device_id": dev,
-            "trt_fp16_enable": "True" if meta.precision == "fp16" else "False",
+            "trt_fp16_enable": "True" if fp16 else "False",
             "trt_engine_cache_enable": "True",
             "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": "True",
-            "trt_profile_min_shapes": f"{meta.input_name}:1x{shape}",
-            "trt_profile_opt_shapes": f"{meta.input_name}:{settings.max_batch_size}x{shape}",
-            "trt_profile_max_shapes": f"{meta.input_name}:{settings.max_batch_size}x{shape}",
+            "trt_timing_cache_path": str(cache),
+            "trt_max_workspace_size": str(8 << 30),
+            **_trt_profile(
+                meta, [batch] if batch else batch_buckets(settings, True), settings.max_batch_size
+            ),
         }
     return {}
 
@@ -125,21 +134,56 @@ def _check_graph(session: ort.InferenceSession, meta: ModelMetadata) -> None:
         raise ModelLoadError(f"graph lacks outputs {sorted(missing)}")
 
 
+@dataclass
+class _Lane:
+    """What one in-flight batch uses: its own bound buffers and padding buffers."""
+
+    bound: dict[int, BoundBuffers] = field(default_factory=dict)
+    """Per session (keyed by its batch bucket; 0 for the shared session)."""
+    padded: dict[int, np.ndarray] = field(default_factory=dict)
+
+
 class Engine:
-    """A loaded model. :meth:`run` is called from one inference thread only."""
+    """A loaded model: ``run(batch)`` plus what it runs on (``provider``, ``placement``).
+
+    :meth:`run` may be called from up to ``inflight`` threads at once (one lane each).
+    """
 
     def __init__(
-        self, name: str, session: ort.InferenceSession, metadata: ModelMetadata, device_id: int
+        self,
+        name: str,
+        session: ort.InferenceSession,
+        metadata: ModelMetadata,
+        settings: Settings,
+        placement: Counter[str] | None = None,
+        bucket_sessions: dict[int, ort.InferenceSession] | None = None,
     ) -> None:
         self.name = name
         self.metadata = metadata
         self._session = session
-        self._device_id = device_id
+        self._bucket_sessions = dict(bucket_sessions or {})
+        """GPU: one session per batch bucket, so that no session ever changes input shape."""
+        self._device_id = settings.device_id
         self.provider = session.get_providers()[0]
-        self.io_binding_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None
-        """IO binding on GPU providers: the uint8 batch goes to the device in one explicit copy
-        (4x smaller than float32) and ORT writes the outputs straight into host memory."""
+        self.on_gpu = self.provider in GPU_PROVIDERS
+        self.placement: dict[str, int] = dict(placement or {})
+        """Nodes per provider in a real run (from ORT's profile): what actually ran where."""
+        self.buckets = batch_buckets(settings, self.on_gpu)
+        self.inflight = settings.inflight_batches or (2 if self.on_gpu else 1)
+        self.io_binding_device: str | None = "cuda" if self.on_gpu and settings.io_binding else None
         self._outputs = list(metadata.output_names)
+        self._lanes: queue.SimpleQueue[_Lane] = queue.SimpleQueue()
+        for _ in range(self.inflight):
+            self._lanes.put(_Lane())
+
+    @property
+    def sessions(self) -> int:
+        """How many ORT sessions this model holds (one per bucket on GPUs)."""
+        return 1 + len(self._bucket_sessions)
+
+    def _session_for(self, batch: int) -> tuple[int, ort.InferenceSession]:
+        session = self._bucket_sessions.get(batch)
+        return (batch, session) if session is not None else (0, self._session)
 
     @property
     def image_size(self) -> int:
@@ -147,13 +191,25 @@ class Engine:
 
     @classmethod
     def load(cls, name: str, path: Path, settings: Settings) -> Engine:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        if settings.intra_op_threads:
-            opts.intra_op_num_threads = settings.intra_op_threads
-        opts.log_severity_level = 3  # ORT's per-node placement warnings are noise here
+        """Build the session under the device policy; raises :class:`ModelLoadError` (and its
+        :class:`DevicePolicyError` when ``device=cuda`` cannot be honoured)."""
+        strict = settings.device == "cuda"
+
+        def session_options(no_cpu_fallback: bool, profile: bool = True) -> ort.SessionOptions:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.inter_op_num_threads = 1
+            if settings.intra_op_threads:
+                opts.intra_op_num_threads = settings.intra_op_threads
+            opts.log_severity_level = 3  # placement is checked below from the profile, not the log
+            if no_cpu_fallback:
+                # ORT's own guard: session creation fails if any node is assigned to the CPU.
+                opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            if profile:
+                profiling_options(opts)
+            return opts
+
         try:
             # Metadata first, from a cheap unoptimised CPU session, so that provider options
             # (TensorRT profile shapes, fp16) can depend on it.
@@ -163,15 +219,29 @@ class Engine:
             meta = ModelMetadata.from_props(dict(probe.get_modelmeta().custom_metadata_map))
             del probe
             providers = resolve_providers(settings)
-            session = ort.InferenceSession(
-                str(path),
-                opts,
-                providers=providers,
-                provider_options=[_provider_options(p, settings, meta) for p in providers],
+            options = [provider_options(p, settings, meta) for p in providers]
+            create = functools.partial(
+                ort.InferenceSession, str(path), providers=providers, provider_options=options
             )
+            try:
+                session = create(sess_options=session_options(strict))
+            except Exception as exc:
+                if not strict:
+                    raise
+                # CUDA keeps a few shape-arithmetic nodes on the CPU on purpose, which ORT's
+                # guard also refuses; the profiled run below tells those from real fallbacks.
+                log.info("model %s: ORT refused any CPU node (%s); checking placement", name, exc)
+                session = create(sess_options=session_options(False))
+        except DevicePolicyError as exc:
+            raise DevicePolicyError(f"model '{name}': {exc}") from None
         except MetadataError as exc:
             raise ModelLoadError(f"model '{name}': {exc}") from exc
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            if strict:
+                raise DevicePolicyError(
+                    f"model '{name}': RDAD_DEVICE=cuda but ONNX Runtime could not build the "
+                    f"session on {providers}: {exc}"
+                ) from exc
             raise ModelLoadError(f"model '{name}' cannot be loaded: {exc}") from exc
         if meta.calibration is None:
             raise ModelLoadError(
@@ -182,35 +252,106 @@ class Engine:
         got = session.get_providers()
         wanted_gpu = [p for p in providers if p in GPU_PROVIDERS]
         if wanted_gpu and got[0] not in GPU_PROVIDERS:
-            log.error(
-                "!!! model %s: %s failed to start; running on %s !!!", name, wanted_gpu, got[0]
+            # The silent fallback: ORT drops a provider whose libraries (cuDNN, cuBLAS) are missing.
+            reason = (
+                f"{'/'.join(wanted_gpu)} failed to start (missing CUDA/cuDNN libraries?); "
+                f"ONNX Runtime is using {got}"
             )
-        log.info("model %s: %s, %dpx, provider %s", name, meta.backbone, meta.image_size, got[0])
-        return cls(name, session, meta, settings.device_id)
+            if strict:
+                raise DevicePolicyError(f"model '{name}': RDAD_DEVICE=cuda but {reason}")
+            log.warning("model %s: %s; running on the CPU", name, reason)
+        sample = warmup_batch(1, meta.image_size)
+        try:
+            placement, cpu_tensor_ops = node_placement(
+                session, lambda: session.run(None, {meta.input_name: sample})
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"model '{name}' failed its first run: {exc}") from exc
+        if wanted_gpu and (problem := placement_problem(placement, cpu_tensor_ops)):
+            if strict:
+                raise DevicePolicyError(f"model '{name}': RDAD_DEVICE=cuda but {problem}")
+            log.warning("model %s: %s", name, problem)
+        bucket_sessions: dict[int, ort.InferenceSession] = {}
+        buckets = batch_buckets(settings, on_gpu=True)
+        if got[0] in GPU_PROVIDERS and settings.session_per_bucket and len(buckets) > 1:
+            # The first session serves the largest bucket; every smaller bucket gets its own, so
+            # no session ever sees a second input shape (same graph and options: the placement
+            # checked above holds for them too).
+            for size in buckets[:-1]:
+                try:
+                    bucket_sessions[size] = ort.InferenceSession(
+                        str(path),
+                        session_options(False, profile=False),
+                        providers=providers,
+                        provider_options=[
+                            provider_options(p, settings, meta, size) for p in providers
+                        ],
+                    )
+                except Exception as exc:
+                    raise ModelLoadError(
+                        f"model '{name}': session for batch size {size} failed: {exc}"
+                    ) from exc
+        engine = cls(name, session, meta, settings, placement, bucket_sessions)
+        log.info(
+            "model %s: %s %dpx %s on %s (nodes %s; buckets %s in %d session(s); %d in flight; "
+            "io binding %s)",
+            name,
+            meta.backbone,
+            meta.image_size,
+            meta.precision,
+            engine.provider,
+            engine.placement,
+            engine.buckets or "off",
+            engine.sessions,
+            engine.inflight,
+            engine.io_binding_device or "off",
+        )
+        return engine
+
+    def _pad(self, lane: _Lane, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        target = next((b for b in self.buckets if b >= n), n)
+        if target == n:
+            return images
+        buffer = lane.padded.get(target)
+        if buffer is None:  # once per bucket and lane; rows past n keep old pixels (ignored)
+            buffer = lane.padded[target] = np.zeros((target, *images.shape[1:]), np.uint8)
+        buffer[:n] = images
+        return buffer
 
     def run(self, images: np.ndarray) -> InferenceOutput:
         """Score uint8 RGB ``images`` ``(B, H, W, 3)`` → maps ``(B, H, W)`` and scores ``(B,)``."""
-        name = self.metadata.input_name
-        if self.io_binding_device is not None:
-            binding = self._session.io_binding()
-            device_input = ort.OrtValue.ortvalue_from_numpy(
-                images, self.io_binding_device, self._device_id
-            )
-            binding.bind_ortvalue_input(name, device_input)
-            for output in self._outputs:
-                binding.bind_output(output, "cpu")
-            self._session.run_with_iobinding(binding)
-            anomaly_map, score = binding.copy_outputs_to_cpu()
-        else:
-            anomaly_map, score = self._session.run(self._outputs, {name: images})
-        return InferenceOutput(np.asarray(anomaly_map), np.asarray(score))
+        n = len(images)
+        lane = self._lanes.get()
+        try:
+            batch = self._pad(lane, images)
+            key, session = self._session_for(len(batch))
+            if self.io_binding_device is not None:
+                bound = lane.bound.get(key)
+                if bound is None:
+                    bound = lane.bound[key] = BoundBuffers(
+                        session,
+                        self.metadata.input_name,
+                        self._outputs,
+                        device=self.io_binding_device,
+                        device_id=self._device_id,
+                    )
+                anomaly_map, score = bound.run(batch)
+            else:
+                anomaly_map, score = session.run(self._outputs, {self.metadata.input_name: batch})
+        finally:
+            self._lanes.put(lane)
+        return InferenceOutput(np.asarray(anomaly_map)[:n], np.asarray(score)[:n])
 
     def warmup_batch_sizes(self, settings: Settings) -> list[int]:
-        """GPU providers choose kernels per input shape, so every batch size the batcher can form
-        is run once; on CPU the first run (arena growth) is the only one-off cost."""
+        """GPU providers choose kernels per input shape, so every batch size the engine can see
+        (each bucket, or every size without buckets) is run once; on CPU the first run (arena
+        growth) is the only one-off cost."""
         if settings.warmup_batch_sizes is not None:
             sizes = settings.warmup_batch_sizes
-        elif self.provider in GPU_PROVIDERS:
+        elif self.buckets and self.on_gpu:
+            sizes = self.buckets
+        elif self.on_gpu:
             sizes = list(range(1, settings.max_batch_size + 1))
         else:
             sizes = [1, settings.max_batch_size]

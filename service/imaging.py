@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -148,19 +149,24 @@ def decode_upload(
     max_pixels: int,
     overlay_max_side: int | None = None,
     header: Header | None = None,
+    jpeg_decoder: Callable[[bytes], np.ndarray] | None = None,
 ) -> DecodedImage:
     """Check the header against ``max_pixels``, decode and resize for the model.
 
     With ``overlay_max_side`` the image is also kept at the overlay's size; a JPEG that the codec
     reduced too much for it is decoded a second time at a finer DCT scale, so that the model input
     itself stays exactly what evaluation sees. Without it, only the model input is kept.
+    ``jpeg_decoder`` (the optional GPU decoder) replaces the CPU codec for JPEGs, at full size.
     """
     if header is None:
         header = read_header(
             data, model_size=model_size, max_pixels=max_pixels, overlay_max_side=overlay_max_side
         )
     width, height = header.width, header.height
-    decoded = decode_image(data, min_side=model_size, size=(width, height))
+    if jpeg_decoder is not None and data[:3] == JPEG_MAGIC:
+        decoded = jpeg_decoder(data)
+    else:
+        decoded = decode_image(data, min_side=model_size, size=(width, height))
     if _rotated(data, width, height, decoded):
         width, height = height, width
     model_input = resize_rgb(decoded, model_size)

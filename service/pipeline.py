@@ -27,6 +27,7 @@ from .errors import (
     ServiceError,
     UnsupportedMediaTypeError,
 )
+from .gpu_decode import JpegDecoder
 from .runtime import ServedModel, ServiceRuntime
 from .schemas import ModelRef, PredictionResult, Region, Timings
 
@@ -70,6 +71,7 @@ def _decode(
     overlay: int | None,
     header: imaging.Header,
     deadline: float,
+    jpeg_decoder: JpegDecoder | None = None,
 ) -> imaging.DecodedImage:
     # The pool may have been busy: a request past its deadline is not decoded at all.
     # (loop.time() is time.monotonic() under asyncio's default loop.)
@@ -82,9 +84,24 @@ def _decode(
             max_pixels=max_pixels,
             overlay_max_side=overlay,
             header=header,
+            jpeg_decoder=jpeg_decoder,
         )
     except (ImageDecodeError, BadImageError) as exc:
         raise BadImageError(f"{upload.filename}: {exc}") from None
+
+
+def _timed_decode(
+    upload: Upload,
+    size: int,
+    max_pixels: int,
+    overlay: int | None,
+    header: imaging.Header,
+    deadline: float,
+) -> tuple[imaging.DecodedImage, float]:
+    """:func:`_decode` and its own run time; top-level so the decode process pool can run it."""
+    start = time.perf_counter()
+    decoded = _decode(upload, size, max_pixels, overlay, header, deadline)
+    return decoded, time.perf_counter() - start
 
 
 def ensure_ready(runtime: ServiceRuntime, model: ServedModel) -> None:
@@ -117,7 +134,15 @@ async def _decode_within_budget(
     budget = runtime.pixel_budget
     granted = await budget.acquire(header.decode_bytes, deadline=deadline)
     try:
-        decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline)
+        jpeg = runtime.jpeg_decoder
+        if runtime.decode_pool is not None and jpeg is None:
+            # Processes (RDAD_DECODE_PROCESSES): small JPEGs hit the GIL in threads.
+            return await asyncio.get_running_loop().run_in_executor(
+                runtime.decode_pool,
+                _timed_decode,
+                *(upload, size, max_pixels, overlay, header, deadline),
+            )
+        decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
         return await _in_pool(runtime, decode)
     finally:
         budget.release(granted)

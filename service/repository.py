@@ -381,6 +381,7 @@ class ModelRepository:
             retry_after_s=settings.retry_after_s,
             metrics=self.metrics.for_model(name),
             admission=admission,
+            max_inflight=engine.inflight,
         )
         batcher.start()
         self.metrics.model_loads.labels(name, "ok").inc()

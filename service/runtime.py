@@ -11,16 +11,19 @@ bounded by the grace period.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from .admission import PixelBudget
 from .batcher import Runner
 from .engine import Engine
 from .errors import ModelNotFoundError, NotReadyError
+from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
 from .metrics import Metrics
 from .repository import ModelRepository, ModelState, ServedModel
 from .settings import Settings
@@ -46,6 +49,10 @@ class ServiceRuntime:
         are in ``repository.pending``, old versions in ``repository.draining``)."""
         self.draining = False
         self.cpu_pool = ThreadPoolExecutor(settings.cpu_worker_count, thread_name_prefix="rdad-cpu")
+        self.decode_pool: Executor | None = None
+        """Process pool for decoding (``decode_processes`` > 0), started in :meth:`start`."""
+        self.jpeg_decoder: JpegDecoder | None = None
+        """GPU JPEG decoder when ``gpu_decode`` is on and nvImageCodec works here."""
         self.pixel_budget = PixelBudget(
             settings.pixel_budget_bytes, on_change=metrics.pixel_budget_in_use.set
         )
@@ -64,6 +71,14 @@ class ServiceRuntime:
         return self.repository.readiness()[0] and not self.draining
 
     async def start(self) -> None:
+        settings = self.settings
+        if settings.decode_processes:
+            # spawn, not fork: the parent may hold CUDA and ORT thread pools by then.
+            self.decode_pool = ProcessPoolExecutor(
+                settings.decode_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        if settings.gpu_decode and settings.device != "cpu":
+            self.jpeg_decoder = await asyncio.to_thread(gpu_jpeg_decoder, settings.device_id)
         await self.repository.start()
 
     def get(self, name: str | None) -> ServedModel:
@@ -109,3 +124,5 @@ class ServiceRuntime:
         deadline = self._drain_deadline or time.monotonic() + self.settings.grace_period_s
         await self.repository.stop(deadline)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -86,6 +86,11 @@ class ModelInfo(BaseModel):
         default=None, description="NAME.onnx or NAME/model.onnx in the model folder"
     )
     provider: str | None = Field(description="ONNX Runtime execution provider actually in use")
+    node_placement: dict[str, int] = Field(
+        default_factory=dict,
+        description="graph nodes per execution provider in a real run (from ONNX Runtime's "
+        "profile): shows any node left on the CPU",
+    )
     image_size: int | None
     backbone: str | None
     precision: str | None
@@ -115,6 +120,9 @@ class HealthStatus(BaseModel):
     )
     reasons: list[str] | None = Field(default=None, description="why /healthz is not alive")
     detail: str | None = Field(default=None, description="why the service is not ready")
+    providers: dict[str, str] = Field(
+        default_factory=dict, description="execution provider each model actually runs on"
+    )
 
 
 class ErrorBody(BaseModel):

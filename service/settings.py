@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=1, ge=0)
 
     # --- ONNX Runtime -------------------------------------------------------------------------
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """``auto``: a GPU when one is usable, else the CPU with one warning line. ``cuda``: refuse to
+    start unless every model runs on a GPU provider (no silent CPU fallback of any kind).
+    ``cpu``: never touch CUDA."""
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS)
     )
@@ -79,7 +83,25 @@ class Settings(BaseSettings):
     tensorrt: bool = False
     """TensorRT is skipped unless enabled: its engine build takes minutes on first start."""
     trt_cache_dir: Path | None = None
-    """TensorRT engine cache; default ``MODEL_DIR/.trt-cache``."""
+    """TensorRT engine + timing cache (a volume in containers); default ``MODEL_DIR/.trt-cache``."""
+    trt_fp16: bool = True
+    """Let TensorRT pick fp16 kernels (fp16-exported graphs keep their fp32 anomaly-map tail)."""
+    io_binding: bool = False
+    """GPU providers: run through IO binding with device buffers reused per batch size. Off by
+    default: on an H200 it did not beat ``session.run`` (equal at batch 8-64, slower at 128)."""
+    batch_buckets: Annotated[list[int] | None, NoDecode] = None
+    """Pad each batch up to the next of these sizes (fewer shapes to warm up and tune). Default:
+    powers of two up to max_batch_size on GPU providers, no padding on CPU; ``0`` turns it off."""
+    session_per_bucket: bool = True
+    """GPU providers: one ONNX Runtime session per batch bucket, so no session changes input
+    shape. Observed on an H200 (CUDA provider, exhaustive cuDNN search): ~0.6 s per shape change
+    within a session, seconds per batch under load with mixed batch sizes (README)."""
+    inflight_batches: int = Field(default=0, ge=0, le=8)
+    """Batches running at once per model (0 = 2 on GPU providers, so the next batch is stacked
+    and uploaded while one computes; 1 on CPU, where one run already uses every core)."""
+    gpu_decode: bool = False
+    """Decode JPEG uploads on the GPU with nvImageCodec (optional package
+    ``nvidia-nvimgcodec-cu13``); without it the CPU decoder is used and a warning is logged."""
     device_id: int = Field(default=0, ge=0)
     intra_op_threads: int = Field(default=0, ge=0)
     """CPU provider threads per model (0 = ONNX Runtime's default: one per physical core)."""
@@ -88,6 +110,10 @@ class Settings(BaseSettings):
     and TensorRT pick kernels per input shape), 1 and max_batch_size on CPU."""
     cpu_workers: int = Field(default=0, ge=0)
     """Threads decoding uploads and encoding PNGs (0 = number of CPUs)."""
+    decode_processes: int = Field(default=0, ge=0)
+    """Decode uploads in a pool of this many processes instead of the threads (0). Small JPEGs
+    hit the GIL in threads: 256×256 JPEGs on 16 cores decoded at 3,274 img/s with threads and
+    13,185 with processes (H200 host, README); large images gain nothing."""
 
     # --- limits -------------------------------------------------------------------------------
     max_upload_mb: float = Field(default=50.0, gt=0.0)
@@ -122,7 +148,7 @@ class Settings(BaseSettings):
     def _parse_providers(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("warmup_batch_sizes", mode="before")
+    @field_validator("warmup_batch_sizes", "batch_buckets", mode="before")
     @classmethod
     def _parse_sizes(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():

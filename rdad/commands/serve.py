@@ -39,12 +39,18 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--batch-early-close", "batch_early_close", bool, "close early if nothing is coming (on)"),
     ("--max-queue", "max_queue", int, "queued images per model before 503 (default 256)"),
     ("--request-timeout-s", "request_timeout_s", float, "per request, then 504 (default 30)"),
+    ("--device", "device", str, "auto (GPU if usable), cuda (GPU or refuse to start), cpu"),
     ("--providers", "providers", str, "execution providers in order (default tensorrt,cuda,cpu)"),
     ("--tensorrt", "tensorrt", bool, "allow TensorRT (slow first start: engine build)"),
     ("--device-id", "device_id", int, "GPU index (default 0)"),
+    ("--io-binding", "io_binding", bool, "GPU: IO binding with reused buffers (default off)"),
+    ("--batch-buckets", "batch_buckets", str, "pad batches to these sizes (0 = off; see README)"),
+    ("--inflight-batches", "inflight_batches", int, "batches at once (0 = 2 on GPU, 1 on CPU)"),
+    ("--gpu-decode", "gpu_decode", bool, "decode JPEGs on the GPU (nvImageCodec, optional)"),
     ("--intra-op-threads", "intra_op_threads", int, "CPU provider threads (0 = ORT default)"),
     ("--warmup-batch-sizes", "warmup_batch_sizes", str, "e.g. 1,8,16 (default: see README)"),
     ("--cpu-workers", "cpu_workers", int, "decode/encode threads (0 = CPU count)"),
+    ("--decode-processes", "decode_processes", int, "decode in N processes (0 = threads)"),
     ("--max-upload-mb", "max_upload_mb", float, "request body limit, 413 beyond (default 50)"),
     ("--max-files", "max_files", int, "files per request (default 16)"),
     ("--max-pixels", "max_pixels", int, "per image, from the header (default 40000000)"),
@@ -64,6 +70,8 @@ _METAVARS = {
     "port": "PORT",
     "providers": "LIST",
     "warmup_batch_sizes": "LIST",
+    "batch_buckets": "LIST",
+    "device": "DEVICE",
     "log_level": "LEVEL",
 }
 
@@ -153,10 +161,15 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rdad.service.app import create_app
+    from rdad.service.device import DevicePolicyError, preflight
     from rdad.service.server import GracefulServer, graceful_timeout
 
     setup_logging()
     settings = _settings(args)
+    try:
+        preflight(settings)  # RDAD_DEVICE=cuda on a host that cannot run it: refuse at once
+    except DevicePolicyError as exc:
+        raise CommandError(exc.detail) from None
     _ensure_models(settings, args.model_dir is not None or bool(os.environ.get("RDAD_MODEL_DIR")))
     app = create_app(settings)
     config = uvicorn.Config(

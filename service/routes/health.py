@@ -20,12 +20,15 @@ def _readiness(runtime: ServiceRuntime) -> tuple[int, HealthStatus]:
     models = {name: str(m.state) for name, m in repository.pending.items()}
     models.update({name: str(m.state) for name, m in runtime.models.items()})
     models = dict(sorted(models.items()))
+    providers = {name: m.engine.provider for name, m in sorted(runtime.models.items())}
     if runtime.draining:
-        return 503, HealthStatus(status="draining", models=models, detail="shutting down")
+        return 503, HealthStatus(
+            status="draining", models=models, detail="shutting down", providers=providers
+        )
     ready, why = repository.readiness()
     if ready:
-        return 200, HealthStatus(status="ready", models=models)
-    return 503, HealthStatus(status="not ready", models=models, detail=why)
+        return 200, HealthStatus(status="ready", models=models, providers=providers)
+    return 503, HealthStatus(status="not ready", models=models, detail=why, providers=providers)
 
 
 _NOT_LIVE: dict[int | str, dict[str, Any]] = {

@@ -43,6 +43,7 @@ def model_info(model: ServedModel, default: str | None) -> ModelInfo:
         error=model.error,
         file=model.file or None,
         provider=model.engine.provider,
+        node_placement=model.engine.placement,
         image_size=meta.image_size,
         backbone=meta.backbone,
         precision=meta.precision,

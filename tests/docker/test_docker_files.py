@@ -860,6 +860,8 @@ def host_env(df: Dockerfile, api: dict[str, Any], no_torch: Path, **rdad: str) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("RDAD_")}
     env.update({k: v for k, v in df.env().items() if k.startswith("RDAD_")})
     env.update(compose_env(api))
+    # Compose says RDAD_DEVICE=cuda; these host runs have no GPU (the refusal has its own test).
+    env["RDAD_DEVICE"] = "auto"
     env.update(rdad)
     env["PYTHONPATH"] = str(no_torch)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -1045,3 +1047,47 @@ def test_serving_entrypoint_runs_on_the_host_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_deployments_require_the_gpu(api: dict[str, Any], k8s: dict[str, dict[str, Any]]) -> None:
+    assert compose_env(api)["RDAD_DEVICE"] == "cuda"
+    assert k8s_env(k8s["Deployment"])["RDAD_DEVICE"] == "cuda"
+    # The TensorRT cache lives on a writable volume, not in the read-only model folder.
+    trt = compose_env(api)["RDAD_TRT_CACHE_DIR"]
+    assert any(trt.startswith(v.split(":")[1]) for v in api["volumes"] if not v.endswith(":ro"))
+    pod = k8s["Deployment"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    trt_k8s = k8s_env(k8s["Deployment"])["RDAD_TRT_CACHE_DIR"]
+    assert any(trt_k8s.startswith(p) and not m.get("readOnly") for p, m in mounts.items())
+
+
+def test_serving_entrypoint_refuses_cuda_without_a_gpu(
+    serve_df: Dockerfile, api: dict[str, Any], no_torch: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """The deployed policy (RDAD_DEVICE=cuda) on a host without a usable GPU: exit non-zero at
+    once, naming the reason, instead of serving at CPU speed behind a green health check."""
+    from rdad.service.device import gpu_problem
+
+    problem = gpu_problem(Settings(device="cuda"))
+    if problem is None:
+        pytest.skip("this host has a usable GPU")
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    shutil.copy(tiny_onnx, model_dir / "tiny.onnx")
+    env = host_env(
+        serve_df,
+        api,
+        no_torch,
+        RDAD_HOST="127.0.0.1",
+        RDAD_PORT=str(free_port()),
+        RDAD_MODEL_DIR=str(model_dir),
+        RDAD_TRT_CACHE_DIR=str(tmp_path / "trt"),
+        RDAD_DEVICE=compose_env(api)["RDAD_DEVICE"],
+    )
+    assert env["RDAD_DEVICE"] == "cuda"
+    done = subprocess.run(
+        image_command(serve_df), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert "RDAD_DEVICE=cuda" in done.stderr and problem in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

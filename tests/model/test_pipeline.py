@@ -83,6 +83,61 @@ def test_fp16_export_keeps_uint8_in_float32_out(tiny_checkpoint: Path, tmp_path:
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
 
 
+def test_fp16_export_keeps_the_anomaly_map_tail_in_fp32(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Backbone in fp16, but cosine, upsampling, blur and max in fp32: read the node types."""
+    from rdad.model.anomaly_map import gaussian_kernel_1d
+    from rdad.model.export import tensor_types
+
+    path = export_onnx(tiny_checkpoint, tmp_path / "half.onnx", precision="fp16")
+    proto = onnx.load(str(path))
+    types = tensor_types(proto)
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    tail = [n for n in proto.graph.node if n.name.startswith("/net/anomaly_map/")]
+    ops = {n.op_type for n in tail}
+    assert {"ReduceSum", "Sqrt", "Div", "Resize", "Conv", "ReduceMax"} <= ops
+    for node in tail:
+        float_outputs = [types.get(o) for o in node.output if types.get(o) in (fp16, fp32)]
+        assert all(t == fp32 for t in float_outputs), f"{node.name} outputs {float_outputs}"
+        if node.op_type != "Cast":  # only the casts read fp16 (the teacher/student features)
+            inputs = [types.get(i) for i in node.input if types.get(i) in (fp16, fp32)]
+            assert all(t == fp32 for t in inputs), f"{node.name} reads {inputs}"
+    # The backbone really is fp16 (its convolutions read fp16 weights).
+    teacher_convs = [n for n in proto.graph.node if n.op_type == "Conv" and "teacher" in n.name]
+    assert teacher_convs and all(types.get(n.input[1]) == fp16 for n in teacher_convs)
+    # The blur kernel is the exact fp32 Gaussian, not an fp16-rounded copy.
+    blur = next(n for n in tail if n.op_type == "Conv")
+    weights = {i.name: i for i in proto.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
+    kernel = onnx.numpy_helper.to_array(weights.get(blur.input[1]) or consts[blur.input[1]])
+    np.testing.assert_array_equal(kernel.ravel(), gaussian_kernel_1d(4.0).numpy())
+
+
+def test_map_tail_check_catches_an_fp16_tail() -> None:
+    from onnx import TensorProto, helper
+
+    from rdad.model.export import map_tail_problems
+
+    def graph(tail_type: int) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT, name="up"),
+            helper.make_node("Cast", ["f"], ["g"], to=tail_type, name="down"),
+            helper.make_node("ReduceMax", ["g"], ["y"], keepdims=0, name="max"),
+        ]
+        g = helper.make_graph(
+            nodes,
+            "t",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3])],
+            [helper.make_tensor_value_info("y", tail_type, [])],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert map_tail_problems(graph(TensorProto.FLOAT)) == []
+    problems = map_tail_problems(graph(TensorProto.FLOAT16))
+    assert problems and "FLOAT16" in problems[0]
+
+
 def test_export_refuses_when_parity_fails(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -166,7 +166,10 @@ async def test_readiness_waits_for_warm_up(make_client, images, control, ready) 
         oip_ready = await client.get("/v2/health/ready")
         gauge_after = images.metric((await client.get("/metrics")).text, "rdad_model_ready")
     assert not_ready.status_code == 503
-    assert not_ready.json() == {
+    not_ready_body = not_ready.json()
+    # The provider shows as soon as the model is loaded (it may still be warming).
+    assert not_ready_body.pop("providers") in ({}, {"tiny": "CPUExecutionProvider"})
+    assert not_ready_body == {
         "status": "not ready",
         "models": {"tiny": "warming"},
         "detail": "loading and warming up models",
