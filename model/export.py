@@ -10,7 +10,9 @@ built-in synthetic parts) go through torch and ONNX Runtime; the file is written
 * fp32: :data:`FP32_ATOL` = 1e-3 (maps are sums of three cosine distances, O(0.1–3); observed
   differences are ~1e-6, the margin absorbs kernel-choice noise across CPUs);
 * fp16: :data:`FP16_ATOL` = 5e-2 (half precision keeps ~3 significant digits through ~60 layers;
-  checked against the fp32 torch model, which is what fp16 must approximate).
+  checked against the fp32 torch model, which is what fp16 must approximate);
+* int8: the fp32 graph passes the fp32 check first, then is quantised (:mod:`.quantize`) and the
+  int8 graph is compared with it by score rank correlation and relative map error.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
 from .checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
 from .data import load_images
 from .network import ReverseDistillation
+from .quantize import DEFAULT_CALIBRATION_COUNT, plan_int8, write_int8
 from .synthetic import good_part
 from .tiles import config_tiling
 
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 
 FP32_ATOL = 1e-3
 FP16_ATOL = 5e-2
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 OPSET = 17
 
 
@@ -135,7 +138,9 @@ def _ort_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return anomaly_map, score
 
 
-def build_metadata(ckpt: dict[str, Any], precision: str) -> ModelMetadata:
+def build_metadata(
+    ckpt: dict[str, Any], precision: str, quantization: dict[str, Any] | None = None
+) -> ModelMetadata:
     cfg = TrainConfig.from_dict(ckpt["config"])
     history = ckpt.get("history") or [{}]
     summary = {k: v for k, v in ckpt.get("data_summary", {}).items() if k != "holdout"}
@@ -157,19 +162,35 @@ def build_metadata(ckpt: dict[str, Any], precision: str) -> ModelMetadata:
         },
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         tiling=config_tiling(cfg),
+        quantization=quantization or {},
     )
 
 
-def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32") -> Path:
-    """Export ``checkpoint`` to ``out`` (refused if the parity check fails); returns ``out``."""
+def export_onnx(
+    checkpoint: Path | str,
+    out: Path | str,
+    precision: str = "fp32",
+    *,
+    calibration_data: Path | str | None = None,
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT,
+) -> Path:
+    """Export ``checkpoint`` to ``out`` (refused if the parity check fails); returns ``out``.
+
+    ``int8`` needs ``calibration_data``: a folder of good images (MVTec layout or plain)."""
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and calibration_data is None:
+        raise ExportError("--precision int8 needs --calibration-data (a folder of good images)")
     out = Path(out)
     net, ckpt = load_model(Path(checkpoint))
     if checkpoint_calibration(ckpt) is None:
         raise ExportError(f"{checkpoint} is not calibrated: export the final checkpoint.pt")
     images = parity_images(ckpt, net.image_size)
     ref_maps, ref_scores = predict(net, images)
+    int8_plan = None
+    if precision == "int8":
+        assert calibration_data is not None
+        int8_plan = plan_int8(ckpt, net.image_size, Path(calibration_data), calibration_count)
 
     if precision == "fp16":
         # Backbone, OCBE and student in half precision; the anomaly-map tail (cosine, upsampling,
@@ -200,7 +221,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32"
                 dynamo=False,
             )
         proto = onnx.load(str(tmp_path))
-        meta = build_metadata(ckpt, precision)
+        meta = build_metadata(ckpt, precision, int8_plan.metadata if int8_plan else None)
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, meta.to_json()
@@ -216,14 +237,18 @@ def export_onnx(checkpoint: Path | str, out: Path | str, precision: str = "fp32"
             float(np.abs(ort_maps - ref_maps).max()), float(np.abs(ort_scores - ref_scores).max())
         )
         tolerance = FP16_ATOL if precision == "fp16" else FP32_ATOL
+        graph_precision = "fp32" if precision == "int8" else precision
         print(
-            f"parity ({precision}, {len(images)} images): max |torch - onnxruntime| = {diff:.2e} "
+            f"parity ({graph_precision}, {len(images)} images): max |torch - onnxruntime| = "
+            f"{diff:.2e} "
             f"(tolerance {tolerance:.0e})"
         )
         if not diff <= tolerance:  # also refuses NaN
             raise ExportError(
                 f"parity check failed: max abs difference {diff:.3e} > {tolerance:.0e}; not written"
             )
+        if int8_plan is not None:
+            tmp_path = write_int8(tmp_path, int8_plan)
         out.parent.mkdir(parents=True, exist_ok=True)
         # shutil.move, not Path.replace: the temp dir may be on another filesystem.
         shutil.move(tmp_path, out)

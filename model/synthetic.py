@@ -29,7 +29,7 @@ def good_part(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip((base + noise) * 255.0, 0, 255).astype(np.uint8)
 
 
-def _add_defect(
+def add_defect(
     rng: np.random.Generator, image: np.ndarray, kind: str
 ) -> tuple[np.ndarray, np.ndarray]:
     size = image.shape[0]
@@ -78,7 +78,7 @@ def write_synthetic_dataset(
         save(root / "test" / "good" / f"{i:03d}.png", good_part(rng, image_size))
     for i in range(num_test):
         kind = DEFECTS[i % len(DEFECTS)]
-        image, mask = _add_defect(rng, good_part(rng, image_size), kind)
+        image, mask = add_defect(rng, good_part(rng, image_size), kind)
         save(root / "test" / kind / f"{i:03d}.png", image)
         save(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return root

@@ -74,6 +74,8 @@ class ModelMetadata:
     tiling: Tiling | None = None
     """Set for tiled models (see :mod:`rdad.tiling`): images are cut into tiles of
     ``image_size``; absent (``None``) in whole-image models and in files written before tiling."""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    """int8 models: method, calibration folder and files, ops kept in fp32 (empty otherwise)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -155,3 +155,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("CI") and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (not allowed): {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def int8_pair(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(fp32, int8) exports of a tiny model with the stand-in *pretrained* teacher: a random
+    teacher gives near-identical scores to every image, so no ranking could survive int8 noise
+    (the export would rightly refuse it); a pretrained one spreads them like a real model."""
+    from rdad.model.export import export_onnx
+    from rdad.model.train import TrainConfig, train
+
+    teacher = shared_path("RDAD_TEACHER_WEIGHTS", SHARED / "teachers" / "resnet18_cifar10.pth")
+    settings = {**TINY_TRAIN, "teacher_weights": str(teacher)}
+    cfg = TrainConfig(
+        data=str(synthetic_data), out=str(tmp_path_factory.mktemp("run-int8")), epochs=2, **settings
+    )
+    checkpoint = train(cfg, progress=False)
+    out = tmp_path_factory.mktemp("models-int8")
+    fp32 = export_onnx(checkpoint, out / "fp32.onnx")
+    int8 = export_onnx(checkpoint, out / "int8.onnx", "int8", calibration_data=synthetic_data)
+    return fp32, int8

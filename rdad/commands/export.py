@@ -11,6 +11,9 @@ EXAMPLES = """\
   rdad export runs/bottle/checkpoint.pt --out models/bottle.onnx
   rdad export runs/bottle/checkpoint.pt --out models/bottle_fp16.onnx --precision fp16
       half-precision graph (float32/uint8 I/O) for GPUs
+  rdad export runs/bottle/checkpoint.pt --out models/bottle_int8.onnx --precision int8 \
+      --calibration-data datasets/mvtec/bottle
+      int8 convolutions (static QDQ) for CPUs, calibrated on good images; map tail stays fp32
 """
 
 
@@ -26,14 +29,32 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     p.add_argument("checkpoint", type=Path, help="OUT/checkpoint.pt from rdad train")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument(
+        "--calibration-data",
+        type=Path,
+        help="int8 only: folder of good images (MVTec layout: its train/good) to calibrate on",
+    )
+    p.add_argument(
+        "--calibration-count",
+        type=int,
+        default=32,
+        help="int8 only: how many calibration images (default 32, spread over the folder)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rdad.model.export import ExportError, export_onnx
+    from rdad.model.quantize import QuantizationError
 
     setup_logging()
-    with expected_errors(ExportError, FileNotFoundError, ValueError):
-        export_onnx(args.checkpoint, args.out, args.precision)
+    with expected_errors(ExportError, QuantizationError, FileNotFoundError, ValueError):
+        export_onnx(
+            args.checkpoint,
+            args.out,
+            args.precision,
+            calibration_data=args.calibration_data,
+            calibration_count=args.calibration_count,
+        )
     return 0
