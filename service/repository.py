@@ -30,7 +30,8 @@ from pathlib import Path
 
 from .admission import ModelAdmission
 from .batcher import Batcher, Runner
-from .engine import Engine, warmup_batch
+from .engine import warmup_batch
+from .engines import InferenceEngine, load_engine
 from .errors import ModelLoadError, ModelNotFoundError
 from .metrics import Metrics
 from .registry import FolderScan, Signature, relative_name, scan_folder
@@ -38,7 +39,7 @@ from .settings import Settings
 
 log = logging.getLogger("rdad.service.repository")
 
-RunnerFactory = Callable[[str, Engine], Runner]
+RunnerFactory = Callable[[str, InferenceEngine], Runner]
 
 
 class ModelState(enum.StrEnum):
@@ -60,7 +61,7 @@ class ServedModel:
     """One loaded version of a model, with its batcher."""
 
     name: str
-    engine: Engine
+    engine: InferenceEngine
     runner: Runner
     batcher: Batcher
     admission: ModelAdmission
@@ -357,7 +358,7 @@ class ModelRepository:
         self.pending[name] = entry
         self._publish(entry)
         try:
-            engine = await asyncio.to_thread(Engine.load, name, path, self.settings)
+            engine = await asyncio.to_thread(load_engine, name, path, self.settings)
         except Exception as exc:  # ModelLoadError, or anything else from a file we do not control
             reason = exc.detail if isinstance(exc, ModelLoadError) else f"cannot be loaded: {exc}"
             # ONNX Runtime quotes the full path: answers name the file relative to the folder.

@@ -21,7 +21,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from .admission import PixelBudget
 from .batcher import Runner
-from .engine import Engine
+from .engines import InferenceEngine
 from .errors import ModelNotFoundError, NotReadyError
 from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
 from .metrics import Metrics
@@ -59,7 +59,7 @@ class ServiceRuntime:
         self._runner_hook = runner_hook
         self._drain_deadline: float | None = None  # time.monotonic() by which to be gone
 
-    def _make_runner(self, name: str, engine: Engine) -> Runner:
+    def _make_runner(self, name: str, engine: InferenceEngine) -> Runner:
         return engine.run if self._runner_hook is None else self._runner_hook(name, engine.run)
 
     @property

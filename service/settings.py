@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS)
     )
-    """Execution providers in preference order (tensorrt, cuda, cpu or full ORT names)."""
+    """Execution providers in preference order (tensorrt, cuda, cpu or full ORT names;
+    ``openvino`` selects the OpenVINO runtime, see ``runtime``)."""
     tensorrt: bool = False
     """TensorRT is skipped unless enabled: its engine build takes minutes on first start."""
     trt_cache_dir: Path | None = None
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
     warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = None
     """Batch sizes run at start. Default: every size 1..max_batch_size on GPU providers (cuDNN
     and TensorRT pick kernels per input shape), 1 and max_batch_size on CPU."""
+    runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    """Inference runtime: ``auto`` = ONNX Runtime on a usable GPU; on a CPU host the faster of
+    ONNX Runtime and OpenVINO for each model, measured at load (see ``service/engines.py``)."""
     cpu_workers: int = Field(default=0, ge=0)
     """Threads decoding uploads and encoding PNGs (0 = number of CPUs)."""
     decode_processes: int = Field(default=0, ge=0)

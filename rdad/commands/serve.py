@@ -41,6 +41,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--request-timeout-s", "request_timeout_s", float, "per request, then 504 (default 30)"),
     ("--device", "device", str, "auto (GPU if usable), cuda (GPU or refuse to start), cpu"),
     ("--providers", "providers", str, "execution providers in order (default tensorrt,cuda,cpu)"),
+    ("--runtime", "runtime", str, "auto (default), onnxruntime or openvino (CPU)"),
     ("--tensorrt", "tensorrt", bool, "allow TensorRT (slow first start: engine build)"),
     ("--device-id", "device_id", int, "GPU index (default 0)"),
     ("--io-binding", "io_binding", bool, "GPU: IO binding with reused buffers (default off)"),

@@ -116,6 +116,7 @@ def make_client(model_dir: Path) -> AppFactory:
         *, control: RunnerControl | None = None, ready: bool = True, **overrides: Any
     ) -> AsyncIterator[httpx.AsyncClient]:
         overrides.setdefault("model_dir", model_dir)
+        overrides.setdefault("runtime", "onnxruntime")  # OpenVINO has its own tests
         app = create_app(Settings(**overrides), runner_hook=control.hook if control else None)
         async with LifespanManager(app, startup_timeout=60) as manager:
             transport = httpx.ASGITransport(app=manager.app)
