@@ -1,29 +1,24 @@
-"""``rdad bench``: raw ONNX Runtime throughput and latency of a model (no HTTP, no decoding).
+"""``rdad bench MODEL…``: every runtime available here, side by side, on the same inputs.
 
-This is the ceiling the service is measured against: ``benchmarks/load.py`` reports end-to-end
-figures next to it.
+Checkpoints (``.pt``) run in torch eager; ``.onnx`` files (fp32, fp16 or int8, read from their
+metadata) run in every ONNX runtime this machine has. See :mod:`rdad.benchmark` for the method.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from rdad.commands._common import add_command, expected_errors
 
 EXAMPLES = """\
-  rdad bench models/bottle.onnx
-  rdad bench models/bottle.onnx --batch-sizes 1,8,16 --seconds 10 --provider cuda
-  rdad bench models/bottle.onnx --json bench.json
+  rdad bench models/bottle.onnx models/bottle_int8.onnx runs/bottle/checkpoint.pt
+      torch eager vs ONNX Runtime vs OpenVINO, fp32 and int8, batch 1/8/32
+  rdad bench models/bottle.onnx --batch-sizes 1,4 --repeats 5 --json bench.json
+  rdad bench models/bottle.onnx --runtimes onnxruntime-cpu,openvino-cpu --threads 2
 """
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -31,69 +26,128 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         subparsers,
         name,
         help_text,
-        description="Run an exported model on random uint8 images at several batch sizes and "
-        "print images/s and per-batch latency percentiles.",
+        description="Benchmark models in every runtime available on this machine (torch eager "
+        "for checkpoints; ONNX Runtime CPU/CUDA/TensorRT and OpenVINO for .onnx files): img/s "
+        "per batch size, batch-1 p50/p99, peak memory, GFLOP per image, achieved GFLOP/s and "
+        "its fraction of a dense fp32 matmul measured in the same run. Prints the CPU first.",
         examples=EXAMPLES,
     )
-    p.add_argument("model", type=Path, help="an .onnx file exported by rdad export")
-    p.add_argument("--batch-sizes", default="1,8,16", help="comma-separated (default 1,8,16)")
-    p.add_argument("--seconds", type=float, default=5.0, help="time budget per batch size")
-    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0 = ORT default)")
+    p.add_argument("models", type=Path, nargs="+", help=".onnx files and/or checkpoint .pt files")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median)")
+    p.add_argument("--latency-runs", type=int, default=20, help="batch-1 runs for p50/p99")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (0 = its default)")
+    p.add_argument("--runtimes", help="comma-separated subset of the runtimes (default: all)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     p.set_defaults(func=run)
 
 
-def measure(
-    session: Any, image_size: int, batch_size: int, seconds: float, *, min_runs: int = 3
-) -> dict[str, float]:
-    """Time ``session`` on ``(batch_size, S, S, 3)`` uint8 input after one warm-up run."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
-    session.run(None, {"images": images})  # warm-up: first run allocates and picks kernels
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while len(latencies) < min_runs or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        session.run(None, {"images": images})
-        latencies.append(time.perf_counter() - t0)
-    total = sum(latencies)
-    return {
-        "batch_size": batch_size,
-        "runs": len(latencies),
-        "images_per_second": batch_size * len(latencies) / total,
-        "latency_p50_ms": 1000 * statistics.median(latencies),
-        "latency_p95_ms": 1000 * float(np.percentile(latencies, 95)),
-    }
+def _subjects(args: argparse.Namespace) -> tuple[list[Any], list[dict[str, str]]]:
+    from rdad.benchmark import ONNX_RUNTIMES, TORCH, Subject, unavailable_reason
+    from rdad.metadata import read_onnx_metadata
+
+    wanted = set(args.runtimes.split(",")) if args.runtimes else None
+    subjects, unavailable = [], []
+    for path in args.models:
+        if not path.is_file():
+            raise FileNotFoundError(f"model not found: {path}")
+        if path.suffix == ".onnx":
+            meta = read_onnx_metadata(path)
+            candidates = [(r, meta.precision, meta.image_size) for r in ONNX_RUNTIMES]
+        else:
+            candidates = [(TORCH, "fp32", 0)]
+        for runtime, precision, size in candidates:
+            if wanted is not None and runtime not in wanted:
+                continue
+            reason = unavailable_reason(runtime)
+            if reason:
+                unavailable.append({"model": str(path), "runtime": runtime, "reason": reason})
+            else:
+                subjects.append(Subject(path, runtime, precision, size))
+    return subjects, unavailable
+
+
+def _prepare(subject: Any, threads: int) -> None:
+    from rdad.benchmark import TORCH, load_run, torch_gflop
+
+    if subject.runtime == TORCH:
+        from rdad.model.checkpoint import TrainConfig, read_checkpoint
+
+        subject.image_size = TrainConfig.from_dict(
+            read_checkpoint(subject.model)["config"]
+        ).image_size
+        subject.gflop = torch_gflop(subject.model, subject.image_size)
+    else:
+        try:
+            from rdad.flops import graph_gflop
+
+            subject.gflop = graph_gflop(subject.model)
+        except ImportError:  # the serving image has no onnx package
+            subject.gflop = None
+    subject.run = load_run(subject, threads)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(subjects: list[Any], batch_sizes: list[int], matmul: float) -> str:
+    head = ["runtime", "precision", "model"] + [f"img/s b{b}" for b in batch_sizes]
+    head += ["p50 ms b1", "p99 ms b1", "peak MiB", "GFLOP/img", "GFLOP/s", "of matmul"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in subjects:
+        r = s.results
+        frac = r.get("fraction_of_matmul")
+        cells = [s.runtime, s.precision, s.model.name]
+        cells += [_fmt(r["img_per_s"][str(b)], 2) for b in batch_sizes]
+        cells += [_fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r.get("peak_mib"), 0)]
+        cells += [_fmt(r["gflop_per_image"], 2), _fmt(r["gflops"]), _fmt(frac and 100 * frac, 0)]
+        if frac is not None:
+            cells[-1] += " %"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\ndense fp32 matmul (numpy BLAS, 1024², same run): {matmul:.1f} GFLOP/s")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
-
+    from rdad import sysinfo
+    from rdad.benchmark import measure, peak_memory_mib
     from rdad.errors import CommandError
-    from rdad.metadata import MetadataError, read_onnx_metadata
+    from rdad.metadata import MetadataError
 
     with expected_errors(MetadataError, FileNotFoundError, ValueError):
-        if not args.model.is_file():
-            raise FileNotFoundError(f"model not found: {args.model}")
-        meta = read_onnx_metadata(args.model)
-        sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
-    provider = PROVIDERS[args.provider]
-    if provider not in ort.get_available_providers():
-        raise CommandError(f"{provider} is not available in this onnxruntime build")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(args.model), options, providers=[provider])
-    print(f"{args.model.name}: {meta.backbone} {meta.image_size}px {meta.precision} on {provider}")
-    print(f"{'batch':>5} {'img/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'runs':>5}")
-    results = []
-    for size in sizes:
-        r = measure(session, meta.image_size, size, args.seconds)
-        results.append(r)
-        print(
-            f"{size:>5} {r['images_per_second']:>9.2f} {r['latency_p50_ms']:>9.1f} "
-            f"{r['latency_p95_ms']:>9.1f} {r['runs']:>5}"
+        sizes = sorted({int(s) for s in args.batch_sizes.split(",") if s.strip()})
+        if not sizes or min(sizes) < 1:
+            raise ValueError("--batch-sizes must be positive integers")
+        if 1 not in sizes:
+            sizes.insert(0, 1)  # batch-1 latency columns need it
+        subjects, unavailable = _subjects(args)
+    print(sysinfo.headline())
+    for u in unavailable:
+        print(f"unavailable: {u['runtime']} for {Path(u['model']).name}: {u['reason']}")
+    if not subjects:
+        raise CommandError("no runtime can run these models here")
+    for s in subjects:
+        _prepare(s, args.threads)
+    figures = measure(subjects, sizes, repeats=args.repeats, latency_runs=args.latency_runs)
+    for s in subjects:
+        s.results["peak_mib"] = (
+            None if args.no_memory else peak_memory_mib(s, max(sizes), args.threads)
         )
+    print(table(subjects, sizes, figures["matmul_gflops"]))
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model), "results": results}, indent=2))
+        report = {
+            "system": sysinfo.describe(),
+            "batch_sizes": sizes,
+            "repeats": args.repeats,
+            "latency_runs": args.latency_runs,
+            **figures,
+            "results": [
+                {"model": str(s.model), "runtime": s.runtime, "precision": s.precision, **s.results}
+                for s in subjects
+            ],
+            "unavailable": unavailable,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -1,24 +1,64 @@
-"""``rdad bench`` on the tiny exported model."""
+"""``rdad bench`` on the tiny model: every runtime available here, every column filled."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from rdad.cli import main
+from rdad.flops import graph_gflop
 
 
-def test_bench_prints_and_writes_figures_per_batch_size(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_bench_reports_every_column_for_every_runtime(
+    tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rdad.benchmark import ORT_CUDA, ORT_TRT, unavailable_reason
+
     out = tmp_path / "bench.json"
-    code = main(
-        ["bench", str(tiny_onnx), "--batch-sizes", "1,3", "--seconds", "0.2", "--json", str(out)]
-    )
+    args = ["bench", str(tiny_onnx), str(tiny_checkpoint), "--batch-sizes", "1,3"]
+    code = main([*args, "--repeats", "2", "--latency-runs", "3", "--json", str(out)])
     assert code == 0
-    results = json.loads(out.read_text())["results"]
-    assert [r["batch_size"] for r in results] == [1, 3]
-    for r in results:
-        assert r["runs"] >= 3 and r["images_per_second"] > 0
-        assert r["latency_p95_ms"] >= r["latency_p50_ms"] > 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert printed.startswith("CPU: ") and "vector extensions" in printed
+    assert report["system"]["cores"] >= 1 and report["matmul_gflops"] > 0
+    runtimes = {r["runtime"] for r in report["results"]}
+    assert {"onnxruntime-cpu", "openvino-cpu", "torch-eager"} <= runtimes
+    gpu = {ORT_CUDA, ORT_TRT}
+    listed = {u["runtime"] for u in report["unavailable"]}
+    assert gpu <= runtimes | listed  # a GPU runtime is measured or said to be unavailable
+    assert all(u["reason"] for u in report["unavailable"])
+    assert listed == {r for r in gpu if unavailable_reason(r)}
+    for r in report["results"]:
+        assert set(r["img_per_s"]) == {"1", "3"} and min(r["img_per_s"].values()) > 0
+        assert r["p99_ms"] >= r["p50_ms"] > 0
+        assert r["peak_mib"] > 0
+        assert r["gflop_per_image"] > 0 and r["gflops"] > 0 and r["fraction_of_matmul"] > 0
+        assert r["runtime"] in printed
+    eager = next(r for r in report["results"] if r["runtime"] == "torch-eager")
+    graph = next(r for r in report["results"] if r["runtime"] == "onnxruntime-cpu")
+    # Two independent counts of the same network (torch's FlopCounter vs the ONNX graph).
+    assert eager["gflop_per_image"] == pytest.approx(graph["gflop_per_image"], rel=0.05)
+
+
+def test_graph_flops_of_one_conv(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], [0.0] * 216)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert graph_gflop(path) == pytest.approx(2 * 8 * 16 * 16 * 3 * 3 * 3 / 1e9)
 
 
 def test_bench_on_a_missing_model_fails_with_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
