@@ -3,7 +3,12 @@
 Speed does not depend on the weights, so these graphs time exactly like trained ones; they are
 calibrated on synthetic images so that the service accepts them.
 
-    python benchmarks/make_models.py --out bench-models --backbones wide_resnet50_2,resnet18
+``--int8`` also writes ``model_int8.onnx``: the same QDQ quantisation as ``rdad export --precision
+int8``, calibrated on the synthetic images, *without* the int8 parity check — a random teacher
+scores every image alike, so there is no ranking to preserve (the export would rightly refuse
+it). These files are for timing only; the int8 quality figure comes from a trained model.
+
+    python benchmarks/make_models.py --out bench-models --backbones wide_resnet50_2,resnet18 --int8
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import warnings
 from pathlib import Path
 
 from rdad.model.checkpoint import TrainConfig
+from rdad.model.data import good_training_images, load_images
 from rdad.model.export import export_onnx
+from rdad.model.quantize import quantize_int8
 from rdad.model.synthetic import write_synthetic_dataset
 from rdad.model.train import train
 
@@ -26,6 +33,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--precisions", default="fp32", help="fp32,fp16: fp16 goes to NAME-fp16/")
     parser.add_argument("--device", default="cpu", help="device for the calibration pass")
+    parser.add_argument("--int8", action="store_true", help="also write NAME/model_int8.onnx")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # the deliberate random-teacher warning
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,6 +52,12 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 name = backbone if precision == "fp32" else f"{backbone}-{precision}"
                 export_onnx(checkpoint, args.out / name / "model.onnx", precision=precision)
+            if args.int8:
+                fp32 = args.out / backbone / "model.onnx"
+                if not fp32.exists():
+                    fp32 = export_onnx(checkpoint, fp32)
+                images = load_images(good_training_images(data), args.image_size).images
+                quantize_int8(fp32, fp32.with_name("model_int8.onnx"), images)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,40 @@ class LoadedModel:
     """Tiled models: images are cut into ``image_size`` tiles and the maps stitched."""
 
 
-def load_for_eval(path: Path, *, batch_size: int = 16, device: str = "cpu") -> LoadedModel:
-    """An ``.onnx`` file runs on ONNX Runtime (CPU here, CUDA if available); anything else is
-    read as a torch checkpoint."""
+def _openvino_predict(path: Path, batch_size: int) -> Predict:
+    from rdad.openvino_runtime import compile_cpu
+
+    compiled = compile_cpu(path)
+    request = compiled.create_infer_request()
+    outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = [], []
+        for i in range(0, len(images), batch_size):
+            result = request.infer({INPUT_NAME: images[i : i + batch_size]})
+            maps.append(np.array(result[outputs[0]]))
+            scores.append(np.array(result[outputs[1]]))
+        return np.concatenate(maps), np.concatenate(scores)
+
+    return run
+
+
+def load_for_eval(
+    path: Path, *, batch_size: int = 16, device: str = "cpu", runtime: str = "onnxruntime"
+) -> LoadedModel:
+    """An ``.onnx`` file runs on ONNX Runtime (CPU here, CUDA if available) or, with
+    ``runtime="openvino"``, on OpenVINO's CPU plugin compiled as the service compiles it (fp32 and
+    int8 files alike); anything else is read as a torch checkpoint."""
+    if path.suffix == ".onnx" and runtime == "openvino":
+        meta = read_onnx_metadata(path)
+        return LoadedModel(
+            _openvino_predict(path, batch_size),
+            meta.image_size,
+            meta.calibration,
+            f"onnx {path.name} ({meta.backbone}, {meta.precision}, OpenVINO CPU, "
+            f"teacher {meta.teacher_weights})",
+            meta.tiling,
+        )
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -90,12 +121,13 @@ def evaluate(
     batch_size: int = 16,
     device: str = "cpu",
     pixel_size: int | None = None,
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Run the whole test split of ``data`` and return the report dictionary (JSON-ready).
 
     Pixel metrics are computed on a ``pixel_size`` square grid (default: the model input size).
     """
-    model = load_for_eval(Path(model_path), batch_size=batch_size, device=device)
+    model = load_for_eval(Path(model_path), batch_size=batch_size, device=device, runtime=runtime)
     samples = list_test_samples(Path(data))
     grid = pixel_size or model.image_size
     scored = score_images(

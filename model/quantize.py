@@ -155,9 +155,15 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
             calibration_providers=["CPUExecutionProvider"],
         )
         quantized = onnx.load(str(Path(tmp) / "q.onnx"))
-    # quantize_static keeps the graph but not always the model-level fields: copy them over.
+    # quantize_static keeps the graph but not always the model-level fields: copy them over, and
+    # make the metadata say what the graph now is.
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
+    for entry in quantized.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = json.dumps(
+                {**json.loads(entry.value), "precision": "int8"}, sort_keys=True
+            )
     quantized.doc_string = model.doc_string
     quantized.producer_name = model.producer_name
     quantized.producer_version = model.producer_version

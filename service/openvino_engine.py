@@ -4,13 +4,9 @@ The same ``.onnx`` file (fp32, or int8 QDQ from ``rdad export --precision int8``
 OpenVINO's ONNX frontend and compiled for the CPU plugin, which runs the QDQ convolutions as real
 int8 kernels (VNNI where the CPU has it) and fuses more than ONNX Runtime's CPU provider does.
 
-Settings that matter:
-
-* inference precision is pinned to f32: on CPUs with AVX-512 BF16 / AMX the plugin would
-  otherwise silently run fp32 layers in bfloat16 — the anomaly-map tail must stay fp32;
-* one stream, latency hint: the batcher already feeds one batch at a time from one thread;
-* threads: ``RDAD_INTRA_OP_THREADS`` (0 = the plugin's default, one per physical core), the same
-  knob as ONNX Runtime's intra-op threads.
+Compilation settings are shared with ``rdad eval`` and ``rdad bench`` (:mod:`rdad.openvino_runtime`:
+f32 inference precision, one stream); threads come from ``RDAD_INTRA_OP_THREADS``, the same knob
+as ONNX Runtime's intra-op threads.
 
 Outputs are copied out of the infer request's buffers, which the next run overwrites while the
 batcher may still be handing out the previous batch's maps.
@@ -25,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rdad.metadata import MetadataError, ModelMetadata, read_onnx_metadata
+from rdad.openvino_runtime import compile_cpu
 
 from .engine import InferenceOutput
 from .errors import ModelLoadError
@@ -42,17 +39,6 @@ def openvino_problem() -> str | None:
     except ImportError:
         return "the openvino package is not installed (pip install 'rdad[openvino]')"
     return None
-
-
-def compile_config(threads: int) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": "1",
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
-    return config
 
 
 class OpenVinoEngine:
@@ -75,13 +61,9 @@ class OpenVinoEngine:
     def load(cls, name: str, path: Path, settings: Settings) -> OpenVinoEngine:
         if problem := openvino_problem():
             raise ModelLoadError(f"model '{name}': OpenVINO requested but {problem}")
-        import openvino as ov
-
         try:
             meta = read_onnx_metadata(path)
-            compiled = ov.Core().compile_model(
-                str(path), "CPU", compile_config(settings.intra_op_threads)
-            )
+            compiled = compile_cpu(path, settings.intra_op_threads)
         except MetadataError as exc:
             raise ModelLoadError(f"model '{name}': {exc}") from exc
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own

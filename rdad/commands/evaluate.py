@@ -13,6 +13,8 @@ EXAMPLES = """\
       also writes reports/bottle.md
   rdad eval --model runs/bottle/checkpoint.pt --data datasets/mvtec/bottle
       scores a checkpoint through torch
+  rdad eval --model models/bottle_int8.onnx --data datasets/mvtec/bottle --runtime openvino
+      scores the int8 graph through OpenVINO (what `rdad serve --runtime openvino` runs)
 """
 
 
@@ -38,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="grid for pixel AUROC / AUPRO (maps and masks resized to PX×PX; default: the model "
         "input size) — give the same PX to compare a tiled and a whole-image model",
     )
+    p.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help=".onnx files: the runtime to score with (fp32 or int8), as the service runs it",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             pixel_size=args.pixel_size,
+            runtime=args.runtime,
         )
     print(markdown_report(report))
     write_reports(report, args.json)
