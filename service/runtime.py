@@ -27,6 +27,7 @@ from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
 from .metrics import Metrics
 from .repository import ModelRepository, ModelState, ServedModel
 from .settings import Settings
+from .threads import budget_cpu_threads
 
 log = logging.getLogger("rdad.service")
 
@@ -79,6 +80,7 @@ class ServiceRuntime:
             )
         if settings.gpu_decode and settings.device != "cpu":
             self.jpeg_decoder = await asyncio.to_thread(gpu_jpeg_decoder, settings.device_id)
+        log.info(budget_cpu_threads(settings))
         await self.repository.start()
 
     def get(self, name: str | None) -> ServedModel:

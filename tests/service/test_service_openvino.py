@@ -91,3 +91,11 @@ async def test_service_serves_through_openvino(
     assert answer.status_code == 200
     assert images.metric(metrics, "rdad_model_info", model="tiny", provider=PROVIDER) == 1
     assert answer.json()["score"] == pytest.approx(reference(png)[1], abs=1e-3)
+
+
+async def test_service_budgets_opencv_threads(make_client: Any) -> None:
+    import cv2
+
+    cv2.setNumThreads(4)
+    async with make_client():
+        assert cv2.getNumThreads() == 1  # image workers single-threaded inside OpenCV
