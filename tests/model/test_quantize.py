@@ -82,3 +82,16 @@ def test_parity_compare_flags_reordered_scores() -> None:
     assert quantize.compare((maps, scores), (maps * 1.01, scores + 0.01)).ok
     assert not quantize.compare((maps, scores), (maps, scores[::-1].copy())).ok
     assert not quantize.compare((maps, scores), (maps * 1.5, scores)).ok
+
+
+def test_eval_scores_int8_through_either_runtime(
+    int8_pair: tuple[Path, Path], synthetic_data: Path
+) -> None:
+    from rdad.model.evaluate import evaluate
+
+    ort = evaluate(int8_pair[1], synthetic_data, runtime="onnxruntime")
+    ov = evaluate(int8_pair[1], synthetic_data, runtime="openvino")
+    assert "int8" in ort["model_description"] and "OpenVINO" in ov["model_description"]
+    assert ort["num_images"] == ov["num_images"] > 0
+    assert abs(ort["image_auroc"] - ov["image_auroc"]) <= 0.1
+    assert abs(ort["pixel_auroc"] - ov["pixel_auroc"]) <= 0.05
