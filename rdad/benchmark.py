@@ -103,13 +103,9 @@ def load_run(subject: Subject, threads: int) -> Run:
 
         return run_torch
     if subject.runtime == OPENVINO:
-        import openvino as ov
+        from rdad.openvino_runtime import compile_cpu
 
-        from rdad.service.openvino_engine import compile_config
-
-        request = (
-            ov.Core().compile_model(path, "CPU", compile_config(threads)).create_infer_request()
-        )
+        request = compile_cpu(path, threads).create_infer_request()
         return lambda images: request.infer({0: images})
     import onnxruntime as ort
 
