@@ -395,11 +395,11 @@ async def test_loading_and_warming_states_are_visible(
     ready meanwhile."""
     import threading
 
-    from rdad.service import repository
+    from rdad.service.engine import Engine
 
     loading = threading.Event()
     release = threading.Event()
-    real_load = repository.Engine.load
+    real_load = Engine.load
 
     def slow_load(name: str, path: Path, settings: Settings) -> Any:
         if name == "late":
@@ -407,7 +407,7 @@ async def test_loading_and_warming_states_are_visible(
             assert release.wait(30), "test never released the load"
         return real_load(name, path, settings)
 
-    monkeypatch.setattr(repository.Engine, "load", slow_load)
+    monkeypatch.setattr(Engine, "load", slow_load)  # the ONNX Runtime engine make_client pins
     repo = tmp_path / "repo"
     write_model(model_dir / "tiny.onnx", repo / "tiny.onnx")
     async with make_client(model_dir=repo, model_poll_s=POLL_S, control=control) as client:
