@@ -144,7 +144,7 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
         quantize_static(
             prepared,
             Path(tmp) / "q.onnx",
-            _Reader(calibration),  # type: ignore[arg-type]
+            _Reader(calibration),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTISED_OPS),
             nodes_to_exclude=tail_nodes(onnx.load(str(prepared))),
@@ -228,7 +228,7 @@ def plan_int8(
     summary = ckpt.get("data_summary") or {}
     holdout = [Path(p) for p in summary.get("holdout", [])] if isinstance(summary, dict) else []
     images, used = calibration_images(folder, image_size, count, exclude=holdout)
-    parity = parity_set(parity_images(ckpt, image_size, count=parity_count))  # type: ignore[arg-type]
+    parity = parity_set(parity_images(ckpt, image_size, count=parity_count))
     return Int8Plan(
         calibration=images,
         parity=parity,
