@@ -79,7 +79,7 @@ def unavailable_reason(runtime: str) -> str | None:
     if wanted not in ort.get_available_providers():
         return f"{wanted} is not in this onnxruntime build"
     if runtime != ORT_CPU:
-        from rdad.service.engine import cuda_problem
+        from rdad.service.device import cuda_problem
 
         return cuda_problem(0)
     return None

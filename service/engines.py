@@ -23,19 +23,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from rdad.metadata import ModelMetadata
 
-from .engine import (
-    CUDA,
-    GPU_PROVIDERS,
-    TENSORRT,
-    Engine,
-    InferenceOutput,
-    cuda_problem,
-    warmup_batch,
-)
+from .device import gpu_problem
+from .engine import Engine, InferenceOutput, warmup_batch
 from .openvino_engine import OpenVinoEngine, openvino_problem
 from .settings import Settings
 
@@ -51,6 +43,10 @@ class InferenceEngine(Protocol):
     name: str
     metadata: ModelMetadata
     provider: str
+    inflight: int
+    """Batches the batcher may have in flight at once on this engine."""
+    placement: dict[str, int]
+    """Graph nodes per execution provider / device (shown in ``GET /models``)."""
 
     @property
     def image_size(self) -> int: ...
@@ -67,16 +63,8 @@ def _ort_settings(settings: Settings) -> Settings:
 
 
 def _gpu_can_start(settings: Settings) -> bool:
-    """Whether ONNX Runtime would get a GPU provider from ``settings.providers`` (quietly: the
-    ONNX Runtime engine logs its own fallback when it loads)."""
-    available = set(ort.get_available_providers())
-    for raw in settings.providers:
-        name = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA}.get(raw.lower(), raw)
-        if name == TENSORRT and not settings.tensorrt:
-            continue
-        if name in GPU_PROVIDERS and name in available:
-            return cuda_problem(settings.device_id) is None
-    return False
+    """Whether ONNX Runtime would get a GPU provider from ``settings`` (the device policy)."""
+    return gpu_problem(_ort_settings(settings)) is None
 
 
 def choose_runtime(settings: Settings) -> str:

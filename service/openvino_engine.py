@@ -45,9 +45,11 @@ class OpenVinoEngine:
     """A model compiled by OpenVINO for the CPU. :meth:`run` is called from one thread only."""
 
     provider = PROVIDER
+    inflight = 1  # one infer request; the batcher runs one batch at a time on it
 
     def __init__(self, name: str, compiled: Any, metadata: ModelMetadata) -> None:
         self.name = name
+        self.placement: dict[str, int] = {PROVIDER: len(compiled.get_runtime_model().get_ops())}
         self.metadata = metadata
         self._compiled = compiled
         self._request = compiled.create_infer_request()

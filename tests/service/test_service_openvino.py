@@ -11,7 +11,8 @@ import pytest
 
 from rdad.model.quantize import compare
 from rdad.service import engines
-from rdad.service.engine import CPU, Engine, cuda_problem
+from rdad.service.device import CPU, cuda_problem
+from rdad.service.engine import Engine
 from rdad.service.engines import choose_runtime, load_engine
 from rdad.service.errors import ModelLoadError
 from rdad.service.openvino_engine import PROVIDER, OpenVinoEngine
