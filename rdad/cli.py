@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rdad import __version__
 from rdad.errors import CommandError
 
-__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+__all__ = ["COMMANDS", "CommandError", "HelpFormatter", "Parser", "build_parser", "main"]
 
 # name -> (module, one-line help). A plain dict registry; the order is the order in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,13 +28,40 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "score an ONNX model or checkpoint on an MVTec-layout folder",
     ),
     "serve": ("rdad.commands.serve", "run the HTTP inference service"),
-    "predict": ("rdad.commands.predict", "send images to a running service and print the verdicts"),
+    "predict": (
+        "rdad.commands.predict",
+        "score image files or folders (local model or a running service), write results",
+    ),
     "bench": ("rdad.commands.bench", "measure raw ONNX Runtime throughput of a model"),
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), like every other
+    rdad error; subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown after its description."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "(default" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        if isinstance(action.default, bool) and action.nargs == 0:
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return super()._get_help_string(action)
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rdad",
         description="Industrial visual anomaly detection: train → export → serve.",
         epilog="Run 'rdad COMMAND --help' for a command's options and examples.",
@@ -65,6 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rdad {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A failure no command expected is still one line; RDAD_DEBUG=1 shows the traceback.
+        if os.environ.get("RDAD_DEBUG"):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"rdad {args.command}: error: {type(exc).__name__}: {reason} "
+            "(RDAD_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -118,7 +118,13 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
     """Read the metadata of an ONNX file with ONNX Runtime (no torch, no onnx package needed)."""
     import onnxruntime as ort  # local import: keep `import rdad.metadata` cheap
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model not found: {path}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MetadataError(f"{path} is not a readable ONNX model ({reason})") from None
     return ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))

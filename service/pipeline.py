@@ -30,6 +30,7 @@ from .errors import (
 from .gpu_decode import JpegDecoder
 from .runtime import ServedModel, ServiceRuntime
 from .schemas import ModelRef, PredictionResult, Region, Timings
+from .verdict import judge
 
 T = TypeVar("T")
 
@@ -155,8 +156,10 @@ async def predict(
     options: imaging.OutputOptions,
     *,
     deadline: float,
+    threshold: float | None = None,
 ) -> list[Prediction | ServiceError]:
-    """Score ``uploads`` with ``model``; results in upload order.
+    """Score ``uploads`` with ``model``; results in upload order. ``threshold`` (normalised)
+    overrides the calibrated one for the verdicts counted in the metrics.
 
     An upload that is already an error, or whose decode fails for reasons of its own
     (:data:`FILE_ERRORS`), gets that error as its result; the others are scored. Anything else
@@ -198,8 +201,9 @@ async def predict(
     )
     model.admission.record_overhead(own_s + loop.time() - render_started)
     for item in items:
+        verdict = judge(calibration, item.score, threshold)
         runtime.metrics.observe_prediction(
-            model.name, calibration.normalize(item.score), calibration.is_anomalous(item.score)
+            model.name, verdict.normalized_score, verdict.is_anomalous
         )
     scored = iter(
         Prediction(d, it, r, decode_s, encode_s)
@@ -221,23 +225,25 @@ async def predict(
     return results
 
 
-def to_result(model: ServedModel, upload: Upload, prediction: Prediction) -> PredictionResult:
-    """The JSON view of one prediction."""
+def to_result(
+    model: ServedModel, upload: Upload, prediction: Prediction, threshold: float | None = None
+) -> PredictionResult:
+    """The JSON view of one prediction; ``threshold`` (normalised) overrides the calibrated one."""
     meta = model.engine.metadata
     calibration = meta.calibration
     assert calibration is not None
     score = prediction.item.score
-    normalized = calibration.normalize(score)
-    anomalous = calibration.is_anomalous(score)
+    verdict = judge(calibration, score, threshold)
     rendered = prediction.rendered
     regions = None
     if rendered.regions is not None:
         regions = [Region(**vars(r)) for r in rendered.regions]
     return PredictionResult(
         score=score,
-        normalized_score=normalized,
-        is_anomalous=anomalous,
-        threshold=calibration.image_threshold,
+        normalized_score=verdict.normalized_score,
+        is_anomalous=verdict.is_anomalous,
+        threshold=verdict.threshold,
+        normalized_threshold=verdict.normalized_threshold,
         width=prediction.decoded.width,
         height=prediction.decoded.height,
         heatmap_png=rendered.heatmap_png,

@@ -35,8 +35,14 @@ class Timings(BaseModel):
 class PredictionResult(BaseModel):
     score: float = Field(description="raw image score (max of the anomaly map)")
     normalized_score: float = Field(description="0-1, exactly 0.5 at the calibrated threshold")
-    is_anomalous: bool
-    threshold: float = Field(description="calibrated raw image-score threshold")
+    is_anomalous: bool = Field(description="normalized_score > normalized_threshold")
+    threshold: float = Field(
+        description="raw image-score threshold of the verdict (the calibrated one unless the "
+        "request gave threshold=)"
+    )
+    normalized_threshold: float = Field(
+        0.5, description="the verdict's threshold in normalised units (0.5 = calibrated)"
+    )
     width: int = Field(description="image width in pixels (EXIF orientation applied)")
     height: int
     heatmap_png: str | None = Field(

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rdad.cli import CommandError
+from rdad.cli import CommandError, HelpFormatter
 
 
 def add_command(
@@ -25,7 +25,7 @@ def add_command(
         help=help_text,
         description=description,
         epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 

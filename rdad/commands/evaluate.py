@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rdad.commands._common import add_command, expected_errors, setup_logging
+from rdad.errors import CommandError
 
 EXAMPLES = """\
   rdad eval --model models/bottle.onnx --data datasets/mvtec/bottle --json reports/bottle.json
@@ -28,10 +29,21 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "accuracy/precision/recall at the calibrated threshold.",
         examples=EXAMPLES,
     )
-    p.add_argument("--model", type=Path, required=True, help="FILE.onnx or checkpoint.pt")
-    p.add_argument("--data", type=Path, required=True, help="MVTec-layout folder with test/")
-    p.add_argument("--json", type=Path, help="write the report as JSON (and markdown beside it)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--model", type=Path, required=True, metavar="FILE", help="FILE.onnx or checkpoint.pt"
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="MVTec-layout folder with test/"
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="write the report as JSON (and markdown beside it)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, metavar="N", help="images per inference batch"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--pixel-size",
@@ -50,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.model.is_file():
+        raise CommandError(f"--model {args.model}: no such file")
+    if not args.data.is_dir():
+        raise CommandError(f"--data {args.data}: no such folder")
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be ≥ 1")
     from rdad.metadata import MetadataError
     from rdad.model.data import DatasetError
     from rdad.model.evaluate import evaluate, markdown_report, write_reports

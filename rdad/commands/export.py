@@ -28,8 +28,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         examples=EXAMPLES,
     )
     p.add_argument("checkpoint", type=Path, help="OUT/checkpoint.pt from rdad train")
-    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="ONNX file to write")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="graph precision (fp16: half-precision weights for GPUs; int8: quantised for CPUs)",
+    )
     p.add_argument(
         "--calibration-data",
         type=Path,

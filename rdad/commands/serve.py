@@ -35,8 +35,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "bind address (default 127.0.0.1; 0.0.0.0 in containers)"),
     ("--port", "port", int, "TCP port (default 8000)"),
     ("--max-batch-size", "max_batch_size", int, "images per inference batch (default 16)"),
-    ("--max-delay-ms", "max_delay_ms", float, "batch closes this long after its first image (5)"),
-    ("--batch-early-close", "batch_early_close", bool, "close early if nothing is coming (on)"),
+    ("--max-delay-ms", "max_delay_ms", float, "batch closes this long after its first image"),
+    ("--batch-early-close", "batch_early_close", bool, "close early if nothing is coming"),
     ("--max-queue", "max_queue", int, "queued images per model before 503 (default 256)"),
     ("--request-timeout-s", "request_timeout_s", float, "per request, then 504 (default 30)"),
     ("--device", "device", str, "auto (GPU if usable), cuda (GPU or refuse to start), cpu"),
@@ -58,7 +58,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--overlay-max-side", "overlay_max_side", int, "overlay PNG longest side (default 1024)"),
     ("--auth-health", "auth_health", bool, "health routes need the API key too"),
     ("--auth-metrics", "auth_metrics", bool, "/metrics needs the API key too"),
-    ("--drain-delay-s", "drain_delay_s", float, "after SIGTERM, serve on with /readyz 503 (2)"),
+    ("--drain-delay-s", "drain_delay_s", float, "after SIGTERM, serve on with /readyz 503"),
     ("--grace-period-s", "grace_period_s", float, "SIGTERM to exit, at most (default 25)"),
     ("--log-level", "log_level", str, "uvicorn log level (default info)"),
     ("--access-log", "access_log", bool, "log every request (default on)"),
@@ -77,6 +77,26 @@ _METAVARS = {
 }
 
 
+def _with_default(text: str, field: str) -> str:
+    """``text`` plus the setting's default (read from :class:`Settings`, so it cannot go stale)
+    unless the text states it already. Flags default to None (keep the environment's value)."""
+    if "(default" in text:
+        return text
+    from rdad.service.settings import Settings
+
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return text
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, list | tuple):
+        shown = ",".join(str(v) for v in value)
+    else:
+        shown = "none" if value is None else str(value)
+    return f"{text} (default: {shown})"
+
+
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = add_command(
         subparsers,
@@ -88,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         examples=EXAMPLES,
     )
     for flag, field, kind, help_text_ in FLAGS:
+        help_text_ = _with_default(help_text_, field)
         if kind is bool:
             p.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, help=help_text_)
             continue

@@ -1,11 +1,17 @@
-"""``rdad train``: images of good parts → a calibrated checkpoint."""
+"""``rdad train``: images of good parts → a calibrated checkpoint.
+
+Argument errors (a missing data folder or teacher file, a bad number) are reported before torch is
+imported: the parser is built from the torch-free :mod:`model.config`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rdad.commands._common import add_command, expected_errors, setup_logging
+from rdad.errors import CommandError
 
 EXAMPLES = """\
   rdad train --data datasets/mvtec/bottle --out runs/bottle
@@ -24,8 +30,7 @@ EXAMPLES = """\
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    from rdad.model.backbones import BACKBONES
-    from rdad.model.checkpoint import TrainConfig
+    from rdad.model.config import BACKBONE_NAMES, TrainConfig
 
     d = TrainConfig()
     p = add_command(
@@ -38,14 +43,19 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         examples=EXAMPLES,
     )
     p.add_argument(
-        "--data", type=Path, help="MVTec-layout folder (train/good) or folder of good images"
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="MVTec-layout folder (train/good) or folder of good images (required unless --resume)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--backbone", choices=BACKBONE_NAMES, default=d.backbone, help="teacher network")
     p.add_argument(
         "--image-size",
         type=int,
-        help=f"square input size (multiple of 32; default {d.image_size}, or the tile size)",
+        metavar="PX",
+        help=f"square input size in pixels, a multiple of 32 (default: {d.image_size}, or the "
+        "tile size in tiled mode)",
     )
     tiles = p.add_argument_group("tiled mode (high-resolution images, see rdad.tiling)")
     tiles.add_argument(
@@ -73,9 +83,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="value where tiles overlap: mean (default) or max of the tiles' maps",
     )
     p.add_argument(
-        "--epochs", type=int, help=f"default {d.epochs}; with --resume: extend the run to N"
+        "--epochs",
+        type=int,
+        metavar="N",
+        help=f"training epochs (default: {d.epochs}; with --resume: extend the run to N)",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, metavar="N", help="images per step"
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument(
         "--teacher-weights",
@@ -84,11 +99,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="teacher source: torchvision ImageNet weights (cache, then download), a local "
         "state-dict file, or seeded random (tests only; prints a warning)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, init, order")
     p.add_argument(
         "--holdout-fraction",
         type=float,
         default=d.holdout_fraction,
+        metavar="F",
         help="fraction of good images kept out of training to calibrate the thresholds "
         f"(default {d.holdout_fraction:g}, at least {d.min_holdout} images; the official code "
         "trains on all of them and has no calibration)",
@@ -97,10 +113,22 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--threshold-percentile",
         type=float,
         default=d.threshold_percentile,
+        metavar="P",
         help="image threshold = this percentile of held-out good scores",
     )
-    p.add_argument("--pixel-threshold-percentile", type=float, default=d.pixel_threshold_percentile)
-    p.add_argument("--anomaly-map-mode", choices=("sum", "product"), default=d.anomaly_map_mode)
+    p.add_argument(
+        "--pixel-threshold-percentile",
+        type=float,
+        default=d.pixel_threshold_percentile,
+        metavar="P",
+        help="pixel threshold (masks, regions) = this percentile of held-out good map values",
+    )
+    p.add_argument(
+        "--anomaly-map-mode",
+        choices=("sum", "product"),
+        default=d.anomaly_map_mode,
+        help="how the three scales' distance maps combine",
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--amp",
@@ -108,24 +136,61 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="float16 mixed precision on CUDA (faster; off by default: the official code trains "
         "in float32)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="EPOCHS")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="EPOCHS",
+        help="write OUT/last.pt (for --resume) every this many epochs",
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/last.pt (its config wins)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none anyway when stderr is not a terminal)",
+    )
     p.set_defaults(func=run)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The mistakes that need no torch to see, reported at once."""
+    if args.resume:
+        if not (args.out / "last.pt").is_file():
+            raise CommandError(f"--resume: no {args.out / 'last.pt'} to continue from")
+        return
+    if args.data is None:
+        raise CommandError("--data is required (unless --resume)")
+    if not args.data.is_dir():
+        raise CommandError(f"--data {args.data}: no such folder")
+    weights = args.teacher_weights
+    if weights not in ("imagenet", "random") and not Path(weights).is_file():
+        raise CommandError(
+            f"--teacher-weights {weights}: no such file (use imagenet, random or a file path)"
+        )
+    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
+        raise CommandError(f"--image-size {args.image_size}: must be a multiple of 32, ≥ 32")
+    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
+        raise CommandError("--epochs must be ≥ 0 and --batch-size ≥ 1")
+    if args.checkpoint_every < 1:
+        raise CommandError("--checkpoint-every must be ≥ 1")
+    if not 0.0 < args.holdout_fraction < 1.0:
+        raise CommandError(f"--holdout-fraction {args.holdout_fraction}: must be in (0, 1)")
+    for flag in ("threshold_percentile", "pixel_threshold_percentile"):
+        if not 0.0 < getattr(args, flag) <= 100.0:
+            raise CommandError(f"--{flag.replace('_', '-')}: must be in (0, 100]")
+
+
 def run(args: argparse.Namespace) -> int:
-    from rdad.cli import CommandError
+    check_arguments(args)  # before torch: a typo costs no import time
+
     from rdad.model.backbones import TeacherWeightsError
-    from rdad.model.checkpoint import TrainConfig
+    from rdad.model.config import TrainConfig
     from rdad.model.data import DatasetError
     from rdad.model.train import train
 
     setup_logging()
-    if not args.resume and args.data is None:
-        raise CommandError("--data is required (unless --resume)")
     d = TrainConfig()
     cfg = TrainConfig(
         data=str(args.data or ""),
@@ -149,13 +214,11 @@ def run(args: argparse.Namespace) -> int:
         tile_scale=args.tile_scale,
         tile_stitch=args.tile_stitch,
     )
-    if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
-        raise CommandError("--epochs must be ≥ 0, --batch-size and --checkpoint-every ≥ 1")
     with expected_errors(DatasetError, TeacherWeightsError, FileNotFoundError, ValueError):
         train(
             cfg,
             resume=args.resume,
             epochs_override=args.epochs if args.resume else None,
-            progress=not args.no_progress,
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
     return 0

@@ -68,6 +68,14 @@ class PredictQuery(BaseModel):
     heatmap_size: Literal["model", "original"] = Field(
         "model", description="heatmap and mask at the model's resolution or the image's own size"
     )
+    threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="verdict threshold in normalised units, 0-1 exclusive (default: the model's "
+        "calibrated threshold, which is 0.5). Lower = more sensitive. The mask and regions keep "
+        "the calibrated pixel threshold.",
+    )
 
 
 Flags = Annotated[PredictQuery, Query()]
@@ -232,12 +240,15 @@ async def _score(
         original_size=query.heatmap_size == "original",
         overlay_max_side=runtime.settings.overlay_max_side,
     )
-    outcomes = await pipeline.predict(runtime, model, uploads, options, deadline=deadline)
+    t = query.threshold
+    outcomes = await pipeline.predict(
+        runtime, model, uploads, options, deadline=deadline, threshold=t
+    )
     if not multi:
         prediction = outcomes[0]
         if isinstance(prediction, ServiceError):
             raise prediction
-        result = pipeline.to_result(model, uploads[0], prediction)  # type: ignore[arg-type]
+        result = pipeline.to_result(model, uploads[0], prediction, t)  # type: ignore[arg-type]
         if png:
             body, _ = await pipeline.heatmap_png_bytes(
                 runtime, model, prediction, options.original_size
@@ -256,7 +267,7 @@ async def _score(
             results.append(file_error(outcome, filename or f"file {index + 1}"))
         else:
             assert isinstance(upload, pipeline.Upload)
-            results.append(pipeline.to_result(model, upload, outcome))
+            results.append(pipeline.to_result(model, upload, outcome, t))
     errors = [r for r in results if isinstance(r, FileError)]
     # 200 when any file was scored; when none was, the first file's status (all errors listed).
     status = 200 if len(errors) < len(results) else errors[0].status
