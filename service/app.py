@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from rdad import __version__
 
@@ -23,7 +24,7 @@ from .middleware import (
     RequestMetricsMiddleware,
     UploadLimitMiddleware,
 )
-from .routes import health, metrics, models, predict
+from .routes import health, metrics, models, predict, ui
 from .runtime import RunnerHook, ServiceRuntime
 from .settings import Settings
 
@@ -32,7 +33,8 @@ log = logging.getLogger("rdad.service")
 DESCRIPTION = """Industrial visual anomaly detection (Reverse Distillation) over ONNX Runtime.
 
 Send an image to `POST /predict` as multipart field `file` (or several as `files`); the answer
-holds the score, the verdict against the calibrated threshold and the heatmap PNG."""
+holds the score, the verdict against the calibrated threshold (or `threshold=`, in normalised
+units) and the heatmap PNG. The inspection page at `/` calls the same API."""
 
 
 def create_app(
@@ -54,7 +56,9 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package, not a
+    # CDN: factory networks are often air-gapped.
+    app = FastAPIOffline(
         title="rdad",
         version=__version__,
         description=DESCRIPTION,
@@ -66,6 +70,6 @@ def create_app(
     app.add_middleware(ApiKeyGateMiddleware, api_key=settings.api_key)  # before any body read
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s
-    for module in (predict, models, health, metrics):
+    for module in (predict, models, health, metrics, ui):
         app.include_router(module.router)
     return app
