@@ -1,24 +1,53 @@
-"""``rdad predict``: send images to a running ``rdad serve`` and print one verdict per image."""
+"""``rdad predict``: score image files and folders, locally or through a running service.
+
+``--model FILE.onnx`` scores in this process with the service's own engine
+(:mod:`rdad.service.offline`); otherwise images go to ``--url`` (default: the local service).
+Results: one line per image on stdout (or ``--json``), and with ``--out`` a CSV, a JSON and the
+heatmap / overlay / mask PNGs per image under paths that mirror the inputs, so that two inputs
+called ``000.png`` in different folders never overwrite each other.
+"""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import mimetypes
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from rdad.commands._common import add_command
+from rdad.commands.predict_io import (
+    EXIT_ANOMALY,
+    EXIT_NORMAL,
+    EXIT_UNREADABLE,
+    Failure,
+    collect_inputs,
+    progress_bar,
+    write_outputs,
+)
 from rdad.errors import CommandError
 
-EXAMPLES = """\
-  rdad predict --url http://127.0.0.1:8000 part1.png part2.jpg
-  rdad predict --url http://inspect:8000 --model bottle --json images/*.png > verdicts.json
-  rdad predict --url http://127.0.0.1:8000 --save-heatmaps out/ part1.png
-      writes out/part1.heatmap.png next to the printed verdict
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+EXAMPLES = f"""\
+  rdad predict part1.png part2.jpg
+      asks the service at {DEFAULT_URL} (or $RDAD_URL)
+  rdad predict --model models/bottle.onnx photos/ --out results/
+      scores every image under photos/ in this process (no service needed); writes
+      results/results.csv, results/results.json and, per image,
+      results/photos/.../NAME.{{heatmap,overlay,mask}}.png
+  rdad predict --url http://inspect:8000 --name bottle --json line3/*.png > verdicts.json
+  rdad predict --threshold 0.3 photos/ && echo "all parts good"
+      a stricter (lower) threshold in normalised units; 0.5 is the model's calibrated one
   RDAD_API_KEY=... rdad predict --url https://inspect.example.com part.png
+
+exit status:
+  {EXIT_NORMAL}  every image was scored and none is anomalous
+  {EXIT_ANOMALY}  at least one image is anomalous
+  {EXIT_UNREADABLE}  none is anomalous, but some files could not be scored (listed on stderr)
+  1  error: nothing could be scored (service unreachable, bad model file, ...)
+  2  wrong arguments
 """
 
 
@@ -27,78 +56,132 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         subparsers,
         name,
         help_text,
-        description="POST images to a running rdad service and print score, normalised score "
-        "and verdict per image (or the raw JSON with --json). Images are sent in batches of "
-        "--batch files per request.",
+        description="Score image files and folders (recursive: png, jpg, bmp, tif, webp) with a "
+        "local ONNX model (--model, same engine as the service) or a running rdad service "
+        "(--url). Prints one verdict per image; --out writes CSV, JSON and PNGs.",
         examples=EXAMPLES,
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model", help="model name (default: the service's default model)")
-    p.add_argument("--batch", type=int, default=8, help="files per request (default 8)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--json", action="store_true", help="print the service's JSON results")
-    p.add_argument("--save-heatmaps", type=Path, metavar="DIR", help="write heatmap PNGs here")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE.onnx",
+        help="score locally with this exported model (no service)",
+    )
+    where.add_argument(
+        "--url",
+        default=None,
+        help=f"service base URL (default: $RDAD_URL or {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--name", metavar="MODEL", help="served model name (default: the service's default)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="verdict threshold in normalised units, 0 < T < 1 (default: the model's "
+        "calibrated threshold = 0.5)",
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="write results.csv, results.json and PNGs here"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON results on stdout")
+    p.add_argument("--batch", type=int, default=8, metavar="N", help="images per request/batch")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="seconds per service request"
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none anyway when stderr is not a terminal)",
+    )
     p.set_defaults(func=run)
 
 
-def _post(client: Any, url: str, paths: list[Path], heatmaps: bool) -> list[dict[str, Any]]:
-    import httpx
+def _check(args: argparse.Namespace) -> None:
+    if args.batch < 1:
+        raise CommandError("--batch must be at least 1")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise CommandError(f"--threshold {args.threshold}: must be between 0 and 1 (exclusive)")
+    if args.model is not None:
+        if args.name:
+            raise CommandError("--name picks a served model; it does not go with --model")
+        if not args.model.is_file():
+            hint = "" if args.model.suffix == ".onnx" else " (a served model? use --name)"
+            raise CommandError(f"--model {args.model}: no such file{hint}")
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise CommandError(f"no such file or folder: {', '.join(missing)}")
+    if args.out is not None and (args.out / "results.csv").exists():
+        raise CommandError(f"--out {args.out} already holds results.csv: choose a new folder")
 
-    files = []
-    for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CommandError(f"cannot read {path}: {exc.strerror}") from None
-        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        files.append(("files", (path.name, data, media)))
-    try:
-        response = client.post(url, files=files, params={"heatmap": str(heatmaps).lower()})
-    except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach {url}: {exc}") from None
-    if response.status_code != 200:
-        try:
-            body = response.json()
-            reason = f"{body.get('error')}: {body.get('detail')}"
-        except ValueError:
-            reason = response.text[:200]
-        raise CommandError(f"HTTP {response.status_code} from {url}: {reason}")
-    results: list[dict[str, Any]] = response.json()["results"]
-    return results
+
+def _print_line(result: dict[str, Any], path: Path) -> None:
+    verdict = "ANOMALOUS" if result["is_anomalous"] else "normal"
+    print(
+        f"{verdict:9}  score {result['score']:.4f}  normalized {result['normalized_score']:.3f}"
+        f"  {path}",
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
+    _check(args)
+    inputs, failures = collect_inputs(args.paths)
+    if not inputs and not failures:
+        raise CommandError("no image files found under " + ", ".join(map(str, args.paths)))
+    if args.model is not None:
+        from rdad.commands.predict_sources import LocalSource
 
-    if args.batch < 1:
-        raise CommandError("--batch must be at least 1")
-    base = args.url.rstrip("/")
-    url = f"{base}/models/{args.model}/predict" if args.model else f"{base}/predict"
-    headers = {}
-    if key := os.environ.get("RDAD_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    if args.save_heatmaps:
-        args.save_heatmaps.mkdir(parents=True, exist_ok=True)
-    everything: list[dict[str, Any]] = []
-    with httpx.Client(timeout=args.timeout, headers=headers) as client:
-        for start in range(0, len(args.images), args.batch):
-            chunk = args.images[start : start + args.batch]
-            results = _post(client, url, chunk, heatmaps=bool(args.save_heatmaps))
-            for path, result in zip(chunk, results, strict=True):
-                result["path"] = str(path)
-                if args.save_heatmaps and result.get("heatmap_png"):
-                    out = args.save_heatmaps / f"{path.stem}.heatmap.png"
-                    out.write_bytes(base64.b64decode(result["heatmap_png"]))
-                    result["heatmap_file"] = str(out)
-                result.pop("heatmap_png", None)
+        source: Any = LocalSource(args.model)
+    else:
+        from rdad.commands.predict_sources import RemoteSource
+
+        url = (args.url or os.environ.get("RDAD_URL") or DEFAULT_URL).rstrip("/")
+        source = RemoteSource(url, args.name, args.timeout, os.environ.get("RDAD_API_KEY"))
+    images_wanted = args.out is not None
+    results: list[tuple[Any, dict[str, Any]]] = []
+    bar = progress_bar(len(inputs), enabled=not args.no_progress and sys.stderr.isatty())
+    try:
+        for start in range(0, len(inputs), args.batch):
+            chunk = inputs[start : start + args.batch]
+            answers = source.score(chunk, images=images_wanted, threshold=args.threshold)
+            for item, answer in zip(chunk, answers, strict=True):
+                if isinstance(answer, Failure):
+                    failures.append(answer)
+                    continue
+                results.append((item, answer))
                 if not args.json:
-                    verdict = "ANOMALOUS" if result["is_anomalous"] else "normal"
-                    print(
-                        f"{verdict:9}  score {result['score']:.4f}  "
-                        f"normalized {result['normalized_score']:.3f}  {path}"
-                    )
-                everything.append(result)
+                    if bar is not None:
+                        bar.clear()
+                    _print_line(answer, item.path)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+        source.close()
+    if args.out is not None:
+        write_outputs(args.out, results, failures)
     if args.json:
-        print(json.dumps(everything, indent=2))
-    return 0
+        records = [
+            {"path": str(i.path), **{k: v for k, v in r.items() if not k.endswith("_png")}}
+            for i, r in results
+        ]
+        records += [{"path": str(f.path), "error": f.error, "detail": f.detail} for f in failures]
+        print(json.dumps(records, indent=2))
+    for failure in failures:
+        print(f"rdad predict: not scored: {failure.path}: {failure.detail}", file=sys.stderr)
+    anomalous = sum(bool(r["is_anomalous"]) for _, r in results)
+    print(
+        f"rdad predict: {len(results)} scored, {anomalous} anomalous, {len(failures)} not scored"
+        + (f"; results in {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
+    if not results:
+        raise CommandError("no image could be scored")
+    if anomalous:
+        return EXIT_ANOMALY
+    return EXIT_UNREADABLE if failures else EXIT_NORMAL

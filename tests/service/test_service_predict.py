@@ -201,5 +201,5 @@ async def test_openapi_documents_the_contract(make_client) -> None:
     assert {"file", "files"} <= set(body["properties"])
     assert "FileError" in components  # per-file error objects of multi-file answers
     flags = {p["name"] for p in predict["parameters"]}
-    assert flags == {"heatmap", "overlay", "mask", "regions", "heatmap_size"}
+    assert flags == {"heatmap", "overlay", "mask", "regions", "heatmap_size", "threshold"}
     assert {"413", "415", "503", "504"} <= set(predict["responses"])

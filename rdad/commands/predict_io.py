@@ -1,0 +1,134 @@
+"""``rdad predict`` inputs and outputs: finding images, naming outputs that mirror the inputs,
+writing the CSV, the JSON and the PNGs. No model code here."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+EXIT_NORMAL = 0
+EXIT_ANOMALY = 3
+EXIT_UNREADABLE = 4
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+PICTURES = ("heatmap", "overlay", "mask")
+CSV_COLUMNS = (
+    "path",
+    "status",
+    "is_anomalous",
+    "normalized_score",
+    "score",
+    "normalized_threshold",
+    "threshold",
+    "width",
+    "height",
+    "regions",
+    *(f"{kind}_png" for kind in PICTURES),
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class Input:
+    path: Path
+    key: PurePosixPath
+    """Where its outputs go under ``--out``: the input's own relative path (``folder/sub/x.png``
+    for an image found in ``folder``), unique within one run."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: Path
+    error: str
+    detail: str
+
+
+def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[Failure]]:
+    """Files as given, folders searched recursively for images (sorted). Unreadable entries of a
+    folder become failures, not errors."""
+    found: list[tuple[Path, PurePosixPath]] = []
+    failures: list[Failure] = []
+    for given in paths:
+        if given.is_dir():
+            base = PurePosixPath(given.resolve().name or "root")
+            try:
+                files = sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as exc:
+                failures.append(Failure(given, "unreadable", str(exc)))
+                continue
+            for path in files:
+                if path.is_file():
+                    found.append((path, base / PurePosixPath(path.relative_to(given).as_posix())))
+        else:
+            found.append((given, PurePosixPath(given.name)))
+    inputs, taken = [], set()
+    for path, key in found:
+        unique, n = key, 1
+        while unique.as_posix().lower() in taken:  # case-insensitive: macOS/Windows folders
+            n += 1
+            unique = key.with_name(f"{key.stem}~{n}{key.suffix}")
+        taken.add(unique.as_posix().lower())
+        inputs.append(Input(path, unique))
+    return inputs, failures
+
+
+def read_file(item: Input) -> bytes | Failure:
+    try:
+        return item.path.read_bytes()
+    except OSError as exc:
+        return Failure(item.path, "unreadable", exc.strerror or str(exc))
+
+
+def progress_bar(total: int, *, enabled: bool) -> Any:
+    """A tqdm bar on stderr when ``enabled`` (a terminal) and tqdm is installed, else None."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", leave=False)
+
+
+def _picture_path(key: PurePosixPath, kind: str) -> PurePosixPath:
+    return key.with_name(f"{key.stem}.{kind}.png")
+
+
+def write_outputs(
+    out: Path, results: list[tuple[Input, dict[str, Any]]], failures: list[Failure]
+) -> None:
+    """``out/results.csv``, ``out/results.json`` and ``out/<key>.{heatmap,overlay,mask}.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for item, result in results:
+        row: dict[str, Any] = {"path": str(item.path), "status": "scored"}
+        for column in CSV_COLUMNS[2:10]:
+            value = result.get(column)
+            row[column] = len(value) if column == "regions" and value is not None else value
+        for kind in PICTURES:
+            data = result.get(f"{kind}_png")
+            if data:
+                relative = _picture_path(item.key, kind)
+                target = out / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(base64.b64decode(data))
+                row[f"{kind}_png"] = relative.as_posix()
+        row["json"] = {k: v for k, v in result.items() if not k.endswith("_png")}
+        rows.append(row)
+    for failure in failures:
+        rows.append({"path": str(failure.path), "status": "not scored", "error": failure.detail})
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    records = []
+    for row in rows:
+        record = {"path": row["path"], "status": row["status"], **row.get("json", {})}
+        record.update({f"{k}_png": row[f"{k}_png"] for k in PICTURES if row.get(f"{k}_png")})
+        if row.get("error"):
+            record["error"] = row["error"]
+        records.append(record)
+    (out / "results.json").write_text(json.dumps(records, indent=2) + "\n")

@@ -1,0 +1,139 @@
+"""Where ``rdad predict`` gets its answers: a local ONNX file through the service's engine, or a
+running service over HTTP. Both answer one batch of inputs with result dicts (the service's JSON
+shape) or :class:`Failure` entries for files that could not be scored."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from rdad.commands.predict_io import Failure, Input, read_file
+from rdad.errors import CommandError
+
+Answer = dict[str, Any] | Failure
+# Answers about one file, not about the request: the file is listed, the run goes on.
+_PER_FILE_STATUSES = frozenset({400, 413, 415})
+
+
+class LocalSource:
+    """In-process scoring with :class:`rdad.service.offline.LocalScorer` (CPU)."""
+
+    def __init__(self, model: Path) -> None:
+        from rdad.service.errors import ModelLoadError
+        from rdad.service.offline import LocalScorer
+
+        try:
+            self.scorer = LocalScorer(model)
+        except ModelLoadError as exc:
+            raise CommandError(exc.detail) from None
+
+    def score(self, chunk: list[Input], *, images: bool, threshold: float | None) -> list[Answer]:
+        from rdad.service.imaging import OutputOptions
+        from rdad.service.offline import FileError
+
+        answers: list[Answer | None] = []
+        files: list[tuple[str, bytes]] = []
+        positions: list[int] = []
+        for item in chunk:
+            data = read_file(item)
+            if isinstance(data, Failure):
+                answers.append(data)
+                continue
+            positions.append(len(answers))
+            answers.append(None)
+            files.append((item.path.name, data))
+        options = OutputOptions(
+            heatmap=images, overlay=images, mask=images, regions=True, original_size=images
+        )
+        for position, result in zip(
+            positions, self.scorer.score(files, options, threshold), strict=True
+        ):
+            item = chunk[position]
+            if isinstance(result, FileError):
+                answers[position] = Failure(item.path, result.error, result.detail)
+            else:
+                answers[position] = result
+        return [a for a in answers if a is not None]
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteSource:
+    """``POST {url}/predict`` (or ``/models/{name}/predict``) with the files of one batch."""
+
+    def __init__(self, url: str, name: str | None, timeout: float, api_key: str | None) -> None:
+        import httpx
+
+        self.url = f"{url}/models/{name}/predict" if name else f"{url}/predict"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+
+    def _post(self, items: list[tuple[Input, bytes]], params: dict[str, str]) -> Any:
+        import httpx
+
+        files = [
+            (
+                "files",
+                (
+                    item.path.name,
+                    data,
+                    mimetypes.guess_type(item.path.name)[0] or "application/octet-stream",
+                ),
+            )
+            for item, data in items
+        ]
+        try:
+            return self.client.post(self.url, files=files, params=params)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"cannot reach {self.url}: {exc}") from None
+
+    @staticmethod
+    def _reason(response: Any) -> tuple[str, str]:
+        try:
+            body = response.json()
+            return str(body.get("error")), str(body.get("detail"))
+        except ValueError:
+            return "http_error", response.text[:200]
+
+    def score(self, chunk: list[Input], *, images: bool, threshold: float | None) -> list[Answer]:
+        answers: list[Answer | None] = [None] * len(chunk)
+        readable: list[tuple[int, Input, bytes]] = []
+        for index, item in enumerate(chunk):
+            data = read_file(item)
+            if isinstance(data, Failure):
+                answers[index] = data
+            else:
+                readable.append((index, item, data))
+        flag = str(images).lower()
+        params = {"heatmap": flag, "overlay": flag, "mask": flag, "regions": "true"}
+        if images:
+            params["heatmap_size"] = "original"
+        if threshold is not None:
+            params["threshold"] = repr(threshold)
+        pending = [readable] if readable else []
+        while pending:
+            group = pending.pop()
+            response = self._post([(item, data) for _, item, data in group], params)
+            if response.status_code == 200:
+                for (index, item, _), result in zip(group, response.json()["results"], strict=True):
+                    if "error" in result and "score" not in result:  # a per-file error entry
+                        answers[index] = Failure(
+                            item.path, str(result["error"]), str(result.get("detail"))
+                        )
+                    else:
+                        answers[index] = result
+                continue
+            error, detail = self._reason(response)
+            if response.status_code in _PER_FILE_STATUSES:
+                if len(group) == 1:
+                    answers[group[0][0]] = Failure(group[0][1].path, error, detail)
+                else:  # one bad file fails the request: send the files one by one to find it
+                    pending.extend([entry] for entry in group)
+                continue
+            raise CommandError(f"HTTP {response.status_code} from {self.url}: {error}: {detail}")
+        return [a for a in answers if a is not None]
+
+    def close(self) -> None:
+        self.client.close()
