@@ -19,7 +19,8 @@ from rdad.metadata import INPUT_NAME, OUTPUT_NAMES, Calibration, read_onnx_metad
 from rdad.tiling import Tiling
 
 from . import metrics
-from .data import DatasetError, list_test_samples, load_mask
+from .data import DatasetError, list_test_samples, load_images, load_mask
+from .report import EvalArrays
 from .scoring import score_images
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -122,10 +123,12 @@ def evaluate(
     device: str = "cpu",
     pixel_size: int | None = None,
     runtime: str = "onnxruntime",
+    collect: Callable[[EvalArrays], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole test split of ``data`` and return the report dictionary (JSON-ready).
 
     Pixel metrics are computed on a ``pixel_size`` square grid (default: the model input size).
+    ``collect`` receives the images, masks, maps and scores on that grid (for the HTML report).
     """
     model = load_for_eval(Path(model_path), batch_size=batch_size, device=device, runtime=runtime)
     samples = list_test_samples(Path(data))
@@ -165,6 +168,22 @@ def evaluate(
         "threshold_metrics": None,
         "inference_images_per_second": len(kept) / seconds if seconds > 0 else None,
     }
+    if collect is not None:
+        cal = model.calibration
+        collect(
+            EvalArrays(
+                # Decoded again for the pictures only, on the metrics grid.
+                images=load_images([s.path for s in kept], grid).images,
+                masks=masks,
+                maps=maps,
+                scores=scores,
+                labels=labels,
+                defects=defects,
+                paths=[s.path for s in kept],
+                image_threshold=None if cal is None else cal.image_threshold,
+                pixel_threshold=None if cal is None else cal.pixel_threshold,
+            )
+        )
     if model.calibration is not None:
         threshold = model.calibration.image_threshold
         report["threshold_metrics"] = {

@@ -55,6 +55,13 @@ def add_defect(
     return out, mask
 
 
+def defective_part(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A good part with one defect of ``kind`` (one of :data:`DEFECTS`): image and 0/255 mask."""
+    if kind not in DEFECTS:
+        raise ValueError(f"unknown defect {kind!r}; choose one of {DEFECTS}")
+    return _add_defect(rng, good_part(rng, size), kind)
+
+
 def write_synthetic_dataset(
     root: Path, *, image_size: int = 64, num_train: int = 24, num_test: int = 8, seed: int = 0
 ) -> Path:

@@ -32,6 +32,7 @@ from .checkpoint import (
 )
 from .data import DatasetError, good_training_images, split_holdout
 from .loss import distillation_loss
+from .plots import write_training_plots
 from .rng import rng_state, seed_everything, set_rng_state
 from .tiles import load_training_images, stitch_for_calibration
 
@@ -220,6 +221,8 @@ def _train(
     )
     resume_note = f"; resume state in {last_path.name}" if last_path.is_file() else ""
     say(f"wrote {final_path} ({_mib(final_path)}{resume_note})")
+    for figure in write_training_plots(final_path.parent, history, scores, calibration):
+        say(f"wrote {figure}")
     return final_path
 
 

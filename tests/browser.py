@@ -104,7 +104,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
             external: list[str] = []
 
             def gate(route: Any) -> None:
-                if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+                if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:", "file://")):
                     route.continue_()
                 else:
                     external.append(f"{route.request.resource_type} {route.request.url}")

@@ -12,6 +12,8 @@ EXAMPLES = """\
   rdad eval --model models/bottle.onnx --data datasets/mvtec/bottle --json reports/bottle.json
       scores the exported graph through ONNX Runtime (what is served is what is scored);
       also writes reports/bottle.md
+  rdad eval --model models/bottle.onnx --data datasets/mvtec/bottle --report reports/bottle
+      also writes reports/bottle/index.html with figures (open it in a browser)
   rdad eval --model runs/bottle/checkpoint.pt --data datasets/mvtec/bottle
       scores a checkpoint through torch
   rdad eval --model models/bottle_int8.onnx --data datasets/mvtec/bottle --runtime openvino
@@ -58,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         default="onnxruntime",
         help=".onnx files: the runtime to score with (fp32 or int8), as the service runs it",
     )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write an HTML report with figures to DIR/index.html (ROC, PRO, histograms, "
+        "per-defect AUROC, confusion matrix, best/worst examples)",
+    )
     p.set_defaults(func=run)
 
 
@@ -71,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from rdad.metadata import MetadataError
     from rdad.model.data import DatasetError
     from rdad.model.evaluate import evaluate, markdown_report, write_reports
+    from rdad.model.report import EvalArrays
+
+    collected: list[EvalArrays] = []
 
     setup_logging()
     with expected_errors(DatasetError, MetadataError, FileNotFoundError, ValueError):
@@ -81,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             pixel_size=args.pixel_size,
             runtime=args.runtime,
+            collect=collected.append if args.report else None,
         )
     print(markdown_report(report))
     write_reports(report, args.json)
+    if args.report:
+        from rdad.model.report import write_html_report
+
+        page = write_html_report(report, collected[0], args.report)
+        print(f"report: {page}")
     return 0

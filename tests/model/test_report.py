@@ -1,0 +1,64 @@
+"""``rdad eval --report`` and the training figures: files, content, and the page in chromium."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rdad.cli import main
+from rdad.model.report import FIGURES, EvalArrays, pick_examples
+from tests.browser import artifact_dir, browser
+
+
+def test_training_writes_loss_and_calibration_figures(tiny_checkpoint: Path) -> None:
+    for name in ("loss.png", "calibration.png"):
+        with Image.open(tiny_checkpoint.parent / name) as im:
+            assert im.format == "PNG" and im.width >= 300 and im.height >= 200
+            # Not a blank canvas: a plot has many distinct colours.
+            assert len(set(im.convert("RGB").getdata())) > 20
+
+
+def test_eval_report_renders_every_figure(tiny_onnx: Path, synthetic_data: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    assert (
+        main(
+            ["eval", "--model", str(tiny_onnx), "--data", str(synthetic_data), "--report", str(out)]
+        )
+        == 0
+    )
+    page = out / "index.html"
+    text = page.read_text()
+    for name, _ in FIGURES:
+        assert f'src="{name}"' in text
+        with Image.open(out / name) as im:
+            assert len(set(im.convert("RGB").getdata())) > 20, name
+    with browser(tmp_path) as tab:
+        tab.goto(page.as_uri())
+        sizes = tab.locator("figure img").evaluate_all(
+            "imgs => imgs.map(i => [i.complete, i.naturalWidth])"
+        )
+        assert len(sizes) == len(FIGURES) and all(ok and w > 100 for ok, w in sizes)
+        assert "image_auroc" in tab.inner_text("table")
+        tab.screenshot(path=str(artifact_dir() / "eval-report.png"), full_page=True)
+
+
+def test_examples_are_the_extremes() -> None:
+    scores = np.array([0.1, 0.9, 0.3, 0.2, 0.8, 0.5])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    arrays = EvalArrays(
+        images=np.zeros((6, 4, 4, 3), np.uint8),
+        masks=np.zeros((6, 4, 4), bool),
+        maps=np.zeros((6, 4, 4), np.float32),
+        scores=scores,
+        labels=labels,
+        defects=["good"] * 3 + ["crack"] * 3,
+        paths=[Path(f"{i}.png") for i in range(6)],
+        image_threshold=0.4,
+        pixel_threshold=0.5,
+    )
+    chosen = dict((i, c) for c, i in pick_examples(arrays, per_group=1))
+    assert chosen[1] == "worst good"  # the good image with the highest score
+    assert chosen[3] == "worst defective"  # the defective one with the lowest score
+    assert chosen[0] == "best good" and chosen[4] == "best defective"
