@@ -22,10 +22,57 @@ DEMO_IMAGE_SIZE = 128
 DEMO_EPOCHS = 4
 DEMO_TRAIN_IMAGES = 48
 DEMO_SEED = 0
+DEMO_SAMPLE_SEED = 2026
+"""Seed of the sample parts written for the user: never the training seed, so they are unseen."""
+SAMPLE_NAMES = ("good_1", "good_2", "defect_scratch", "defect_spot", "defect_chunk")
 
 
 def demo_model_path(model_dir: Path) -> Path:
     return model_dir / f"{DEMO_NAME}.onnx"
+
+
+def demo_samples_dir(model_dir: Path) -> Path:
+    """Beside the model folder (``~/.cache/rdad/demo-samples``), not in it: it is no model."""
+    return model_dir.parent / "demo-samples"
+
+
+def write_demo_samples(folder: Path) -> dict[str, Path]:
+    """Write good and defective synthetic parts (PNG, unseen in training); name → path."""
+    import cv2
+    import numpy as np
+
+    from rdad.model.synthetic import defective_part, good_part
+
+    rng = np.random.default_rng(DEMO_SAMPLE_SEED)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in SAMPLE_NAMES:
+        if name.startswith("good"):
+            image = good_part(rng, DEMO_IMAGE_SIZE)
+        else:
+            image, _ = defective_part(rng, DEMO_IMAGE_SIZE, name.removeprefix("defect_"))
+        path = folder / f"{name}.png"
+        if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise CommandError(f"cannot write the demo sample {path}")
+        written[name] = path
+    return written
+
+
+def try_it_lines(model_dir: Path, url: str) -> list[str]:
+    """Ready-to-paste commands scoring one good and one defective demo sample (written if
+    missing): the first thing a new user sees is a good part passing and a bad one flagged."""
+    folder = demo_samples_dir(model_dir)
+    samples = {name: folder / f"{name}.png" for name in SAMPLE_NAMES}
+    if not all(p.is_file() for p in samples.values()):
+        samples = write_demo_samples(folder)
+    good, bad = samples["good_1"], samples["defect_scratch"]
+    return [
+        f"demo sample parts (good and defective) in {folder}; try:",
+        f"  curl -F file=@{good} {url}/predict        # a good part: is_anomalous false",
+        f"  curl -F file=@{bad} {url}/predict   # a scratch: is_anomalous true",
+        f"  rdad predict --url {url} {folder}",
+        f"  or open {url}/ in a browser and drop the files there",
+    ]
 
 
 def build_demo_model(model_dir: Path, *, say: Callable[[str], None] = print) -> Path:

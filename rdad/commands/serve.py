@@ -170,6 +170,12 @@ def _ensure_models(settings: Any, model_dir_given: bool) -> None:
             raise CommandError(exc.detail) from None
         print(f"rdad serve: {exc.detail}; waiting for it to appear", flush=True)
     print(f"rdad serve: loading {', '.join(found)} from {model_dir}", flush=True)
+    if not model_dir_given and found == ["demo"]:
+        from rdad.default_model import try_it_lines
+
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        for line in try_it_lines(model_dir, f"http://{host}:{settings.port}"):
+            print(f"rdad serve: {line}", flush=True)
 
 
 def _drop_model_load_traceback(record: logging.LogRecord) -> bool:

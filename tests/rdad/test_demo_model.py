@@ -1,0 +1,48 @@
+"""The embedded demo model's first-run experience: sample parts and ready-to-paste commands, and a
+demo model that really passes the good samples and flags the defective ones."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rdad.default_model import (
+    DEMO_IMAGE_SIZE,
+    SAMPLE_NAMES,
+    build_demo_model,
+    demo_samples_dir,
+    try_it_lines,
+)
+
+
+def test_try_it_lines_point_at_written_samples(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    lines = try_it_lines(models, "http://127.0.0.1:8000")
+    folder = demo_samples_dir(models)
+    assert folder.parent == tmp_path  # beside the model folder, not inside it
+    for name in SAMPLE_NAMES:
+        with Image.open(folder / f"{name}.png") as im:
+            assert im.size == (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE) and im.mode == "RGB"
+    curls = [line for line in lines if "curl" in line]
+    files = [Path(m) for line in curls for m in re.findall(r"file=@(\S+)", line)]
+    assert [f.name for f in files] == ["good_1.png", "defect_scratch.png"]
+    assert all(f.is_file() for f in files)
+    assert any(f"rdad predict --url http://127.0.0.1:8000 {folder}" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_demo_model_passes_good_samples_and_flags_defects(tmp_path: Path) -> None:
+    from rdad.service.imaging import OutputOptions
+    from rdad.service.offline import LocalScorer
+
+    models = tmp_path / "models"
+    model = build_demo_model(models, say=lambda line: None)
+    try_it_lines(models, "http://127.0.0.1:8000")
+    folder = demo_samples_dir(models)
+    files = [(name, (folder / f"{name}.png").read_bytes()) for name in SAMPLE_NAMES]
+    results = LocalScorer(model).score(files, OutputOptions(heatmap=False))
+    verdicts = {name: r["is_anomalous"] for (name, _), r in zip(files, results, strict=True)}  # type: ignore[index]
+    assert verdicts == {name: name.startswith("defect") for name in SAMPLE_NAMES}
