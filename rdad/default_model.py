@@ -24,7 +24,9 @@ DEMO_TRAIN_IMAGES = 48
 DEMO_SEED = 0
 DEMO_SAMPLE_SEED = 2026
 """Seed of the sample parts written for the user: never the training seed, so they are unseen."""
-SAMPLE_NAMES = ("good_1", "good_2", "defect_scratch", "defect_spot", "defect_chunk")
+SAMPLE_NAMES = ("good_1", "good_2", "defect_scratch", "defect_chunk")
+"""No "spot" sample: the random-teacher demo model misses small dark spots about half the time
+(scratches and chunks it flags every time; the slow demo test measures all three)."""
 
 
 def demo_model_path(model_dir: Path) -> Path:
