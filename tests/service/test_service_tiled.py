@@ -120,3 +120,21 @@ async def test_admission_counts_every_tile_and_a_lone_request_always_tries(
         after = model.admission.admitted
     assert response.status_code == 200, response.text
     assert in_flight == 12 and after == 0
+
+
+def test_local_predict_scores_tiled_models_like_eval(tiled_dir: Path, tiled_data: Path) -> None:
+    from rdad.service.imaging import OutputOptions
+    from rdad.service.offline import LocalScorer
+
+    paths = sorted((tiled_data / "test").rglob("*.png"))[:4]
+    model = load_for_eval(tiled_dir / "tiled.onnx")
+    evaluated = score_images(
+        model.predict, paths, image_size=model.image_size, tiling=model.tiling, grid=TILED_IMAGE
+    )
+    results = LocalScorer(tiled_dir / "tiled.onnx").score(
+        [(p.name, p.read_bytes()) for p in paths], OutputOptions(heatmap=True, original_size=True)
+    )
+    local = np.array([r["score"] for r in results])  # type: ignore[index]
+    np.testing.assert_allclose(local, evaluated.scores, rtol=0, atol=1e-5)
+    heatmap = base64.b64decode(results[0]["heatmap_png"])  # type: ignore[index]
+    assert heatmap[:8] == b"\x89PNG\r\n\x1a\n"
