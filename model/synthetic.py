@@ -59,7 +59,7 @@ def defective_part(rng: np.random.Generator, size: int, kind: str) -> tuple[np.n
     """A good part with one defect of ``kind`` (one of :data:`DEFECTS`): image and 0/255 mask."""
     if kind not in DEFECTS:
         raise ValueError(f"unknown defect {kind!r}; choose one of {DEFECTS}")
-    return _add_defect(rng, good_part(rng, size), kind)
+    return add_defect(rng, good_part(rng, size), kind)
 
 
 def write_synthetic_dataset(
