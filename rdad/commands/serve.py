@@ -173,7 +173,9 @@ def _ensure_models(settings: Any, model_dir_given: bool) -> None:
     if not model_dir_given and found == ["demo"]:
         from rdad.default_model import try_it_lines
 
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        # A wildcard bind address is not a URL a client can call: print loopback instead.
+        wildcard = settings.host in ("0.0.0.0", "::")  # nosec B104 - compared, never bound
+        host = "127.0.0.1" if wildcard else settings.host
         for line in try_it_lines(model_dir, f"http://{host}:{settings.port}"):
             print(f"rdad serve: {line}", flush=True)
 
