@@ -79,6 +79,12 @@ def test_inspection_page_scores_an_upload_and_rejudges_live(
         assert size == [900, 900]
         photo = card.locator("img.photo").evaluate("img => [img.naturalWidth, img.naturalHeight]")
         assert photo == [900, 900]
+        # Layers follow their checkboxes (the hidden attribute is not overridden by the CSS).
+        assert card.locator("svg.boxes").is_visible()
+        assert card.locator("img.mask").is_visible() == page.is_checked("#show-mask")
+        page.uncheck("#show-boxes")
+        assert card.locator("svg.boxes").is_hidden()
+        page.check("#show-boxes")
         score = float(card.get_attribute("data-score") or "nan")
         assert 0.01 < score < 0.99, f"normalised score {score}: the slider cannot cross it"
 
@@ -105,6 +111,7 @@ def test_inspection_page_scores_an_upload_and_rejudges_live(
         error = page.locator(".card[data-verdict=error] .error")
         error.wait_for()
         assert error.inner_text().startswith("HTTP 400 — bad_image: notes.png")
+        assert page.locator(".card[data-verdict=error] img.photo").is_hidden()  # no broken icon
         page.screenshot(path=str(artifact_dir() / "inspection-page.png"), full_page=True)
         assert page.external_requests == []
 
