@@ -138,7 +138,9 @@ env "${DECODE_ENV[@]}" timeout "$STEP_S" $PY benchmarks/gpu_decode.py --images-o
 
 # --- the service under load -------------------------------------------------------------------
 serve() { # serve PORT MODEL_DIR LOG
-  (cd "$WORK" && exec $PY -m rdad serve --model-dir "$2" --device "$DEVICE" --max-batch-size "$MAXB" \
+  # --runtime onnxruntime: this check measures ONNX Runtime (CUDA EP on a GPU); on a CPU host with
+  # OpenVINO installed, `auto` would otherwise pick whichever runtime was faster at warm-up.
+  (cd "$WORK" && exec $PY -m rdad serve --model-dir "$2" --device "$DEVICE" --runtime onnxruntime --max-batch-size "$MAXB" \
     --port "$1" --no-access-log --log-level warning >"$3" 2>&1) &
   echo $!
 }
