@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -209,6 +209,16 @@ async def predict(
         Prediction(d, it, r, decode_s, encode_s)
         for (d, decode_s), it, (r, encode_s) in zip(decoded, items, rendered, strict=True)
     )
+    return in_request_order(uploads, outcomes, scored)
+
+
+def in_request_order(
+    uploads: Sequence[Upload | ServiceError],
+    outcomes: Sequence[object],
+    scored: Iterator[Prediction],
+) -> list[Prediction | ServiceError]:
+    """One entry per upload, in request order: the upload's own error (refused before decoding), its
+    decode outcome's error, or the next scored prediction (``scored`` follows the valid uploads)."""
     by_valid = iter(outcomes)
     results: list[Prediction | ServiceError] = []
     for upload in uploads:

@@ -28,7 +28,7 @@ from rdad.tiling import TileGrid, Tiling, image_score, prepared_size, stitch, ti
 from . import imaging
 from .batcher import ItemResult
 from .errors import BadImageError, ImageTooLargeError, RequestTimeoutError, ServiceError
-from .pipeline import FILE_ERRORS, Prediction, Upload, _in_pool
+from .pipeline import FILE_ERRORS, Prediction, Upload, _in_pool, in_request_order
 from .runtime import ServedModel, ServiceRuntime
 
 _DECODE_BYTES_PER_PIXEL = 8
@@ -160,17 +160,4 @@ async def predict(
             decoded, stitched, rendered, strict=True
         )
     )
-    by_valid = iter(outcomes)
-    results: list[Prediction | ServiceError] = []
-    for upload in uploads:
-        if not isinstance(upload, Upload):
-            results.append(upload)
-            continue
-        outcome = next(by_valid)
-        if isinstance(outcome, ServiceError):
-            results.append(outcome)
-        elif isinstance(outcome, BaseException):
-            results.append(BadImageError(f"{upload.filename}: {outcome}"))
-        else:
-            results.append(next(scored))
-    return results
+    return in_request_order(uploads, outcomes, scored)
