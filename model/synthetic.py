@@ -62,6 +62,14 @@ def defective_part(rng: np.random.Generator, size: int, kind: str) -> tuple[np.n
     return add_defect(rng, good_part(rng, size), kind)
 
 
+def save_png(path: Path, array: np.ndarray) -> None:
+    """Write an RGB ``[H, W, 3]`` or grey ``[H, W]`` uint8 array as PNG, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    if not cv2.imwrite(str(path), bgr):
+        raise OSError(f"cannot write {path}")
+
+
 def write_synthetic_dataset(
     root: Path, *, image_size: int = 64, num_train: int = 24, num_test: int = 8, seed: int = 0
 ) -> Path:
@@ -73,19 +81,13 @@ def write_synthetic_dataset(
     rng = np.random.default_rng(seed)
     root = Path(root)
 
-    def save(path: Path, array: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-        if not cv2.imwrite(str(path), bgr):
-            raise OSError(f"cannot write {path}")
-
     for i in range(num_train):
-        save(root / "train" / "good" / f"{i:03d}.png", good_part(rng, image_size))
+        save_png(root / "train" / "good" / f"{i:03d}.png", good_part(rng, image_size))
     for i in range(num_test):
-        save(root / "test" / "good" / f"{i:03d}.png", good_part(rng, image_size))
+        save_png(root / "test" / "good" / f"{i:03d}.png", good_part(rng, image_size))
     for i in range(num_test):
         kind = DEFECTS[i % len(DEFECTS)]
         image, mask = add_defect(rng, good_part(rng, image_size), kind)
-        save(root / "test" / kind / f"{i:03d}.png", image)
-        save(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+        save_png(root / "test" / kind / f"{i:03d}.png", image)
+        save_png(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return root

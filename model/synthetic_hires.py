@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .synthetic import save_png
+
 HIRES_DEFECTS = ("scratch", "pit", "scuff")
 
 
@@ -82,19 +84,13 @@ def write_hires_dataset(
     rng = np.random.default_rng(seed)
     root = Path(root)
 
-    def save(path: Path, array: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-        if not cv2.imwrite(str(path), bgr):
-            raise OSError(f"cannot write {path}")
-
     for i in range(num_train):
-        save(root / "train" / "good" / f"{i:03d}.png", hires_part(rng, size)[0])
+        save_png(root / "train" / "good" / f"{i:03d}.png", hires_part(rng, size)[0])
     for i in range(num_test):
-        save(root / "test" / "good" / f"{i:03d}.png", hires_part(rng, size)[0])
+        save_png(root / "test" / "good" / f"{i:03d}.png", hires_part(rng, size)[0])
     for i in range(num_test):
         kind = HIRES_DEFECTS[i % len(HIRES_DEFECTS)]
         image, mask = hires_part(rng, size, kind)
-        save(root / "test" / kind / f"{i:03d}.png", image)
-        save(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+        save_png(root / "test" / kind / f"{i:03d}.png", image)
+        save_png(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     return root
