@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -112,6 +112,39 @@ def ensure_ready(runtime: ServiceRuntime, model: ServedModel) -> None:
         raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
 
 
+def read_header(
+    upload: Upload, *, model_size: int, max_pixels: int, overlay_max_side: int | None = None
+) -> imaging.Header:
+    """:func:`imaging.read_header` with the upload's file name in its error."""
+    try:
+        return imaging.read_header(
+            upload.data,
+            model_size=model_size,
+            max_pixels=max_pixels,
+            overlay_max_side=overlay_max_side,
+        )
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
+    except (ImageDecodeError, BadImageError) as exc:
+        raise BadImageError(f"{upload.filename}: {exc}") from None
+
+
+async def decode_uploads(
+    model: ServedModel, valid: list[Upload], decode: Callable[[Upload], Awaitable[T]]
+) -> tuple[list[T | BaseException], list[T]]:
+    """Decode every valid upload concurrently while the batcher knows they are on their way.
+
+    Returns every outcome (in upload order) and the successful ones. An error of the file's own
+    (:data:`FILE_ERRORS`) stays that file's outcome; any other error fails the whole request.
+    """
+    with model.batcher.incoming(len(valid)):
+        outcomes = await asyncio.gather(*(decode(u) for u in valid), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
+            raise outcome
+    return outcomes, [o for o in outcomes if not isinstance(o, BaseException)]
+
+
 async def _decode_within_budget(
     runtime: ServiceRuntime, upload: Upload, size: int, overlay: int | None, deadline: float
 ) -> tuple[imaging.DecodedImage, float]:
@@ -124,14 +157,7 @@ async def _decode_within_budget(
     decode could otherwise block the very decodes it waits behind.
     """
     max_pixels = runtime.settings.max_pixels
-    try:
-        header = imaging.read_header(
-            upload.data, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay
-        )
-    except ImageTooLargeError as exc:
-        raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
-    except (ImageDecodeError, BadImageError) as exc:
-        raise BadImageError(f"{upload.filename}: {exc}") from None
+    header = read_header(upload, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay)
     budget = runtime.pixel_budget
     granted = await budget.acquire(header.decode_bytes, deadline=deadline)
     try:
@@ -175,15 +201,9 @@ async def predict(
     loop = asyncio.get_running_loop()
     started = loop.time()
     valid = [u for u in uploads if isinstance(u, Upload)]
-    with model.batcher.incoming(len(valid)):
-        outcomes = await asyncio.gather(
-            *(_decode_within_budget(runtime, u, size, overlay, deadline) for u in valid),
-            return_exceptions=True,
-        )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
-            raise outcome
-    decoded = [o for o in outcomes if not isinstance(o, BaseException)]
+    outcomes, decoded = await decode_uploads(
+        model, valid, lambda u: _decode_within_budget(runtime, u, size, overlay, deadline)
+    )
     own_s = loop.time() - started
     items = []
     if decoded:

@@ -28,7 +28,14 @@ from rdad.tiling import TileGrid, Tiling, image_score, prepared_size, stitch, ti
 from . import imaging
 from .batcher import ItemResult
 from .errors import BadImageError, ImageTooLargeError, RequestTimeoutError, ServiceError
-from .pipeline import FILE_ERRORS, Prediction, Upload, _in_pool, in_request_order
+from .pipeline import (
+    Prediction,
+    Upload,
+    _in_pool,
+    decode_uploads,
+    in_request_order,
+    read_header,
+)
 from .runtime import ServedModel, ServiceRuntime
 
 _DECODE_BYTES_PER_PIXEL = 8
@@ -55,14 +62,9 @@ async def _decode_within_budget(
 ) -> tuple[Decoded, float]:
     tiling = model.engine.metadata.tiling
     assert tiling is not None
-    try:
-        header = imaging.read_header(
-            upload.data, model_size=tiling.tile_size, max_pixels=runtime.settings.max_pixels
-        )
-    except ImageTooLargeError as exc:
-        raise ImageTooLargeError(f"{upload.filename}: {exc.detail}") from None
-    except (ImageDecodeError, BadImageError) as exc:
-        raise BadImageError(f"{upload.filename}: {exc}") from None
+    header = read_header(
+        upload, model_size=tiling.tile_size, max_pixels=runtime.settings.max_pixels
+    )
     # EXIF may swap the sides; the tile count is the same either way round only for square
     # grids, so the larger of the two counts is checked.
     counts = [
@@ -99,15 +101,9 @@ async def predict(
     loop = asyncio.get_running_loop()
     started = loop.time()
     valid = [u for u in uploads if isinstance(u, Upload)]
-    with model.batcher.incoming(len(valid)):
-        outcomes = await asyncio.gather(
-            *(_decode_within_budget(runtime, model, u, deadline) for u in valid),
-            return_exceptions=True,
-        )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
-            raise outcome
-    decoded = [o for o in outcomes if not isinstance(o, BaseException)]
+    outcomes, decoded = await decode_uploads(
+        model, valid, lambda u: _decode_within_budget(runtime, model, u, deadline)
+    )
     grids = [grid for (_, grid), _ in decoded]
     counts = [len(grid) for grid in grids]
     own_s = loop.time() - started
