@@ -8,12 +8,14 @@ int8``, calibrated on the synthetic images, *without* the int8 parity check — 
 scores every image alike, so there is no ranking to preserve (the export would rightly refuse
 it). These files are for timing only; the int8 quality figure comes from a trained model.
 
-    python benchmarks/make_models.py --out bench-models --backbones wide_resnet50_2,resnet18 --int8
+    python benchmarks/make_models.py --out bench-models --backbones wide_resnet50_2,resnet18 \
+        --int8 --checkpoints
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32", help="fp32,fp16: fp16 goes to NAME-fp16/")
     parser.add_argument("--device", default="cpu", help="device for the calibration pass")
     parser.add_argument("--int8", action="store_true", help="also write NAME/model_int8.onnx")
+    parser.add_argument(
+        "--checkpoints", action="store_true", help="also keep NAME/checkpoint.pt (torch eager)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # the deliberate random-teacher warning
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,6 +54,9 @@ def main() -> None:
                 device=args.device,
             )
             checkpoint = train(cfg, progress=False)
+            if args.checkpoints:
+                (args.out / backbone).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(checkpoint, args.out / backbone / "checkpoint.pt")
             for precision in args.precisions.split(","):
                 name = backbone if precision == "fp32" else f"{backbone}-{precision}"
                 export_onnx(checkpoint, args.out / name / "model.onnx", precision=precision)
