@@ -20,9 +20,10 @@ update, so concurrent requests see each other's reservations at once):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from .errors import QueueFullError, RequestTimeoutError
@@ -146,23 +147,77 @@ class ModelAdmission:
 
 
 class PixelBudget:
-    """A byte budget for decoded pixels, granted first come, first served."""
+    """A byte budget for decoded pixels, granted first come, first served.
 
-    def __init__(self, total_bytes: int, on_change: Callable[[int], None] | None = None) -> None:
+    When the budget is full (huge images), a decode waits behind the bytes ahead of it. That wait
+    is estimated from the measured decode time per byte (PNG and JPEG decode time grows with the
+    pixel count) and the decodes that can run side by side; a decode that could not even start
+    before its request's deadline is refused at once (503 ``overloaded``) instead of waiting for
+    the deadline to pass and answering 504.
+    """
+
+    def __init__(
+        self,
+        total_bytes: int,
+        on_change: Callable[[int], None] | None = None,
+        *,
+        workers: int = 1,
+    ) -> None:
         self.total = total_bytes
         self.in_use = 0
         self._on_change = on_change  # the in-use gauge
+        self._workers = max(1, workers)  # decode threads/processes: decodes that run at once
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.seconds_per_byte: float | None = None
+        """Moving average of decode time per reserved byte (``None`` until a decode finished)."""
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int, *, deadline: float) -> AsyncIterator[int]:
+        """``acquire`` … ``release`` around a decode, timing it for the wait estimate."""
+        granted = await self.acquire(nbytes, deadline=deadline)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            yield granted
+        except BaseException:
+            self.release(granted)  # failed or cancelled: its time says nothing about decoding
+            raise
+        self.release(granted)
+        self.record(granted, loop.time() - started)
+
+    def record(self, nbytes: int, seconds: float) -> None:
+        if nbytes <= 0:
+            return
+        sample = seconds / nbytes
+        old = self.seconds_per_byte
+        self.seconds_per_byte = sample if old is None else old + _ALPHA * (sample - old)
+
+    def estimated_wait(self, nbytes: int) -> float | None:
+        """Seconds until a decode of ``nbytes`` queued now would be done, behind the decodes
+        running and waiting; ``None`` before any decode was measured."""
+        if self.seconds_per_byte is None:
+            return None
+        ahead = self.in_use + sum(n for n, w in self._waiters if not w.done())
+        side_by_side = max(1, min(self._workers, self.total // max(nbytes, 1)))
+        return (ahead + nbytes) * self.seconds_per_byte / side_by_side
 
     async def acquire(self, nbytes: int, *, deadline: float) -> int:
         """Wait for ``nbytes`` (capped at the whole budget: one image at the pixel limit always
-        fits); 504 if ``deadline`` passes first. Returns the bytes granted, to release later."""
+        fits); 503 at once if the estimated wait runs past ``deadline``, 504 if ``deadline``
+        passes while waiting. Returns the bytes granted, to release later."""
         nbytes = min(nbytes, self.total)
         if not self._waiters and self.in_use + nbytes <= self.total:
             self.in_use += nbytes
             self._changed()
             return nbytes
         loop = asyncio.get_running_loop()
+        wait = self.estimated_wait(nbytes)
+        if wait is not None and loop.time() + wait > deadline:
+            raise OverloadedError(
+                f"about {wait:.1f} s of image decoding is ahead of this upload, more than the "
+                f"{max(0.0, deadline - loop.time()):.1f} s its request has left; retry later",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
         waiter: asyncio.Future[None] = loop.create_future()
         entry = (nbytes, waiter)
         self._waiters.append(entry)

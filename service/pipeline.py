@@ -158,9 +158,7 @@ async def _decode_within_budget(
     """
     max_pixels = runtime.settings.max_pixels
     header = read_header(upload, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay)
-    budget = runtime.pixel_budget
-    granted = await budget.acquire(header.decode_bytes, deadline=deadline)
-    try:
+    async with runtime.pixel_budget.hold(header.decode_bytes, deadline=deadline):
         jpeg = runtime.jpeg_decoder
         if runtime.decode_pool is not None and jpeg is None:
             # Processes (RDAD_DECODE_PROCESSES): small JPEGs hit the GIL in threads.
@@ -171,8 +169,6 @@ async def _decode_within_budget(
             )
         decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
         return await _in_pool(runtime, decode)
-    finally:
-        budget.release(granted)
 
 
 async def predict(

@@ -55,7 +55,9 @@ class ServiceRuntime:
         self.jpeg_decoder: JpegDecoder | None = None
         """GPU JPEG decoder when ``gpu_decode`` is on and nvImageCodec works here."""
         self.pixel_budget = PixelBudget(
-            settings.pixel_budget_bytes, on_change=metrics.pixel_budget_in_use.set
+            settings.pixel_budget_bytes,
+            on_change=metrics.pixel_budget_in_use.set,
+            workers=settings.decode_processes or settings.cpu_worker_count,
         )
         self._runner_hook = runner_hook
         self._drain_deadline: float | None = None  # time.monotonic() by which to be gone

@@ -78,11 +78,8 @@ async def _decode_within_budget(
             "send a smaller image or raise RDAD_MAX_QUEUE"
         )
     nbytes = _DECODE_BYTES_PER_PIXEL * header.width * header.height
-    granted = await runtime.pixel_budget.acquire(nbytes, deadline=deadline)
-    try:
+    async with runtime.pixel_budget.hold(nbytes, deadline=deadline):
         return await _in_pool(runtime, partial(_decode, upload, tiling, deadline))
-    finally:
-        runtime.pixel_budget.release(granted)
 
 
 async def predict(

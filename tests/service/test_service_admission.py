@@ -79,6 +79,40 @@ async def test_pixel_budget_waits_in_order_and_times_out() -> None:
     assert budget.in_use == 0
 
 
+async def test_pixel_budget_refuses_at_once_a_decode_that_cannot_start_in_time() -> None:
+    budget = PixelBudget(100, workers=2)
+    loop = asyncio.get_running_loop()
+    async with budget.hold(50, deadline=loop.time() + 1):
+        await asyncio.sleep(0.05)
+    assert budget.in_use == 0 and budget.seconds_per_byte == pytest.approx(0.001, rel=0.5)
+    assert await budget.acquire(100, deadline=loop.time() + 1) == 100  # the budget is now full
+    # 100 bytes ahead + 100 of its own at ~1 ms/byte, one decode at a time (100-byte images):
+    # about 0.2 s — refused at once against 0.05 s left (503, not a 504 after the deadline) …
+    start = loop.time()
+    with pytest.raises(OverloadedError) as refused:
+        await budget.acquire(100, deadline=loop.time() + 0.05)
+    assert loop.time() - start < 0.02 and refused.value.retry_after_s >= 1
+    # … while one that can make it waits its turn and gets the bytes.
+    waiting = asyncio.ensure_future(budget.acquire(100, deadline=loop.time() + 5))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    budget.release(100)
+    assert await waiting == 100
+    budget.release(100)
+    assert budget.in_use == 0
+
+
+async def test_pixel_budget_hold_releases_on_error_without_timing_it() -> None:
+    budget = PixelBudget(100)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(ValueError, match="bad image"):
+        async with budget.hold(40, deadline=loop.time() + 1):
+            assert budget.in_use == 40
+            raise ValueError("bad image")
+    assert budget.in_use == 0 and budget.seconds_per_byte is None
+    assert budget.estimated_wait(10) is None  # nothing measured: never refuses on a guess
+
+
 async def test_pixel_budget_caps_one_request_at_the_whole_budget() -> None:
     budget = PixelBudget(100)
     loop = asyncio.get_running_loop()
