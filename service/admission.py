@@ -167,7 +167,8 @@ class PixelBudget:
         self.in_use = 0
         self._on_change = on_change  # the in-use gauge
         self._workers = max(1, workers)  # decode threads/processes: decodes that run at once
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[None], float]] = deque()
+        """``(bytes, future, deadline)`` of the decodes waiting, in arrival order."""
         self.seconds_per_byte: float | None = None
         """Moving average of decode time per reserved byte (``None`` until a decode finished)."""
 
@@ -186,25 +187,54 @@ class PixelBudget:
         self.record(granted, loop.time() - started)
 
     def record(self, nbytes: int, seconds: float) -> None:
+        """A decode of ``nbytes`` took ``seconds``: update the rate, then refuse the waiting
+        decodes that can no longer start in time by the new estimate."""
         if nbytes <= 0:
             return
         sample = seconds / nbytes
         old = self.seconds_per_byte
         self.seconds_per_byte = sample if old is None else old + _ALPHA * (sample - old)
+        self._refuse_hopeless(asyncio.get_running_loop().time())
 
-    def estimated_wait(self, nbytes: int) -> float | None:
-        """Seconds until a decode of ``nbytes`` queued now would be done, behind the decodes
-        running and waiting; ``None`` before any decode was measured."""
+    def estimated_wait(self, nbytes: int, ahead: int | None = None) -> float | None:
+        """Seconds until a decode of ``nbytes`` queued now (or behind ``ahead`` bytes) would be
+        done, behind the decodes running and waiting; ``None`` before any decode was measured."""
         if self.seconds_per_byte is None:
             return None
-        ahead = self.in_use + sum(n for n, w in self._waiters if not w.done())
+        if ahead is None:
+            ahead = self.in_use + sum(n for n, w, _ in self._waiters if not w.done())
         side_by_side = max(1, min(self._workers, self.total // max(nbytes, 1)))
         return (ahead + nbytes) * self.seconds_per_byte / side_by_side
 
+    def _overloaded(self, wait: float, left: float) -> OverloadedError:
+        return OverloadedError(
+            f"about {wait:.1f} s of image decoding is ahead of this upload, more than the "
+            f"{max(0.0, left):.1f} s its request has left; retry later",
+            retry_after_s=max(1, math.ceil(wait)),
+        )
+
+    def _refuse_hopeless(self, now: float) -> None:
+        ahead = self.in_use
+        kept: deque[tuple[int, asyncio.Future[None], float]] = deque()
+        for nbytes, waiter, deadline in self._waiters:
+            if waiter.done():
+                continue
+            wait = self.estimated_wait(nbytes, ahead)
+            if wait is not None and now + wait > deadline:
+                waiter.set_exception(self._overloaded(wait, deadline - now))
+                continue
+            kept.append((nbytes, waiter, deadline))
+            ahead += nbytes
+        if len(kept) < len(self._waiters):
+            self._waiters = kept
+            self._grant()  # a refused head may have been what the next one waited behind
+            self._changed()
+
     async def acquire(self, nbytes: int, *, deadline: float) -> int:
         """Wait for ``nbytes`` (capped at the whole budget: one image at the pixel limit always
-        fits); 503 at once if the estimated wait runs past ``deadline``, 504 if ``deadline``
-        passes while waiting. Returns the bytes granted, to release later."""
+        fits); 503 as soon as the estimated wait runs past ``deadline`` (at once, or when a
+        finished decode updates the estimate), 504 if ``deadline`` passes while waiting.
+        Returns the bytes granted, to release later."""
         nbytes = min(nbytes, self.total)
         if not self._waiters and self.in_use + nbytes <= self.total:
             self.in_use += nbytes
@@ -213,17 +243,15 @@ class PixelBudget:
         loop = asyncio.get_running_loop()
         wait = self.estimated_wait(nbytes)
         if wait is not None and loop.time() + wait > deadline:
-            raise OverloadedError(
-                f"about {wait:.1f} s of image decoding is ahead of this upload, more than the "
-                f"{max(0.0, deadline - loop.time()):.1f} s its request has left; retry later",
-                retry_after_s=max(1, math.ceil(wait)),
-            )
+            raise self._overloaded(wait, deadline - loop.time())
         waiter: asyncio.Future[None] = loop.create_future()
-        entry = (nbytes, waiter)
+        entry = (nbytes, waiter, deadline)
         self._waiters.append(entry)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), max(0.0, deadline - loop.time()))
         except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+                raise  # refused by _refuse_hopeless: never granted, already off the queue
             if waiter.done() and not waiter.cancelled():  # granted just as the wait ended
                 if isinstance(exc, TimeoutError):
                     return nbytes
@@ -253,7 +281,7 @@ class PixelBudget:
 
     def _grant(self) -> None:
         while self._waiters:
-            nbytes, waiter = self._waiters[0]
+            nbytes, waiter, _ = self._waiters[0]
             if waiter.done():
                 self._waiters.popleft()
                 continue

@@ -102,6 +102,25 @@ async def test_pixel_budget_refuses_at_once_a_decode_that_cannot_start_in_time()
     assert budget.in_use == 0
 
 
+async def test_pixel_budget_refuses_queued_decodes_once_a_measurement_shows_they_are_late() -> None:
+    """Uploads that queued before any decode was timed are refused (503) as soon as the first
+    decode gives the rate, not left to wait for their deadline (504)."""
+    budget = PixelBudget(100)
+    loop = asyncio.get_running_loop()
+    first = await budget.acquire(100, deadline=loop.time() + 10)
+    near = asyncio.ensure_future(budget.acquire(100, deadline=loop.time() + 10))
+    late = asyncio.ensure_future(budget.acquire(100, deadline=loop.time() + 0.5))
+    await asyncio.sleep(0.05)
+    assert not near.done() and not late.done()  # no rate yet: nobody is refused on a guess
+    budget.release(first)  # `near` gets the bytes …
+    budget.record(100, 0.4)  # … and the measured rate puts `late` 0.8 s out, past its 0.45 s
+    with pytest.raises(OverloadedError):
+        await late
+    assert await near == 100 and budget.in_use == 100
+    budget.release(100)
+    assert budget.in_use == 0
+
+
 async def test_pixel_budget_hold_releases_on_error_without_timing_it() -> None:
     budget = PixelBudget(100)
     loop = asyncio.get_running_loop()
