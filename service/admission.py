@@ -170,25 +170,21 @@ class PixelBudget:
         self._waiters: deque[tuple[int, asyncio.Future[None], float]] = deque()
         """``(bytes, future, deadline)`` of the decodes waiting, in arrival order."""
         self.seconds_per_byte: float | None = None
-        """Moving average of decode time per reserved byte (``None`` until a decode finished)."""
+        """Moving average of decode run time per reserved byte (``None`` until one is recorded)."""
 
     @contextlib.asynccontextmanager
     async def hold(self, nbytes: int, *, deadline: float) -> AsyncIterator[int]:
-        """``acquire`` … ``release`` around a decode, timing it for the wait estimate."""
+        """``acquire`` … ``release`` around a decode; yields the bytes granted."""
         granted = await self.acquire(nbytes, deadline=deadline)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
             yield granted
-        except BaseException:
-            self.release(granted)  # failed or cancelled: its time says nothing about decoding
-            raise
-        self.release(granted)
-        self.record(granted, loop.time() - started)
+        finally:
+            self.release(granted)
 
     def record(self, nbytes: int, seconds: float) -> None:
-        """A decode of ``nbytes`` took ``seconds``: update the rate, then refuse the waiting
-        decodes that can no longer start in time by the new estimate."""
+        """A decode that reserved ``nbytes`` ran for ``seconds`` in its worker (its own run time,
+        not its wait for a worker): update the rate, then refuse the waiting decodes that can no
+        longer start in time by the new estimate."""
         if nbytes <= 0:
             return
         sample = seconds / nbytes

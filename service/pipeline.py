@@ -135,13 +135,24 @@ async def decode_uploads(
     """Decode every valid upload concurrently while the batcher knows they are on their way.
 
     Returns every outcome (in upload order) and the successful ones. An error of the file's own
-    (:data:`FILE_ERRORS`) stays that file's outcome; any other error fails the whole request.
+    (:data:`FILE_ERRORS`) stays that file's outcome; any other error (timeout, overload) fails
+    the whole request at once: the other decodes are cancelled rather than awaited.
     """
     with model.batcher.incoming(len(valid)):
-        outcomes = await asyncio.gather(*(decode(u) for u in valid), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, FILE_ERRORS):
-            raise outcome
+        tasks = [asyncio.ensure_future(decode(u)) for u in valid]
+        try:
+            pending: set[asyncio.Future[T]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    error = task.exception()
+                    if error is not None and not isinstance(error, FILE_ERRORS):
+                        raise error
+        finally:  # a request-level error, or this request cancelled (client gone)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    outcomes: list[T | BaseException] = [t.exception() or t.result() for t in tasks]
     return outcomes, [o for o in outcomes if not isinstance(o, BaseException)]
 
 
@@ -158,17 +169,21 @@ async def _decode_within_budget(
     """
     max_pixels = runtime.settings.max_pixels
     header = read_header(upload, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay)
-    async with runtime.pixel_budget.hold(header.decode_bytes, deadline=deadline):
+    budget = runtime.pixel_budget
+    async with budget.hold(header.decode_bytes, deadline=deadline) as granted:
         jpeg = runtime.jpeg_decoder
         if runtime.decode_pool is not None and jpeg is None:
             # Processes (RDAD_DECODE_PROCESSES): small JPEGs hit the GIL in threads.
-            return await asyncio.get_running_loop().run_in_executor(
+            decoded = await asyncio.get_running_loop().run_in_executor(
                 runtime.decode_pool,
                 _timed_decode,
                 *(upload, size, max_pixels, overlay, header, deadline),
             )
-        decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
-        return await _in_pool(runtime, decode)
+        else:
+            decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
+            decoded = await _in_pool(runtime, decode)
+    budget.record(granted, decoded[1])  # its run time: the rate of the budget's wait estimate
+    return decoded
 
 
 async def predict(

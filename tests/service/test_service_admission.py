@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from rdad.service.admission import LatencyModel, ModelAdmission, OverloadedError, PixelBudget
-from rdad.service.errors import QueueFullError, RequestTimeoutError
+from rdad.service.errors import BadImageError, QueueFullError, RequestTimeoutError
+from rdad.service.pipeline import decode_uploads
 from rdad.service.resources import MIB, default_pixel_budget, memory_limit_bytes
 from rdad.service.settings import Settings
 
@@ -82,9 +86,11 @@ async def test_pixel_budget_waits_in_order_and_times_out() -> None:
 async def test_pixel_budget_refuses_at_once_a_decode_that_cannot_start_in_time() -> None:
     budget = PixelBudget(100, workers=2)
     loop = asyncio.get_running_loop()
-    async with budget.hold(50, deadline=loop.time() + 1):
-        await asyncio.sleep(0.05)
-    assert budget.in_use == 0 and budget.seconds_per_byte == pytest.approx(0.001, rel=0.5)
+    async with budget.hold(50, deadline=loop.time() + 1) as granted:
+        assert granted == 50 and budget.in_use == 50
+    assert budget.in_use == 0 and budget.seconds_per_byte is None
+    budget.record(50, 0.05)  # a 50-byte decode ran 0.05 s in its worker
+    assert budget.seconds_per_byte == pytest.approx(0.001)
     assert await budget.acquire(100, deadline=loop.time() + 1) == 100  # the budget is now full
     # 100 bytes ahead + 100 of its own at ~1 ms/byte, one decode at a time (100-byte images):
     # about 0.2 s — refused at once against 0.05 s left (503, not a 504 after the deadline) …
@@ -121,7 +127,7 @@ async def test_pixel_budget_refuses_queued_decodes_once_a_measurement_shows_they
     assert budget.in_use == 0
 
 
-async def test_pixel_budget_hold_releases_on_error_without_timing_it() -> None:
+async def test_pixel_budget_hold_releases_on_error() -> None:
     budget = PixelBudget(100)
     loop = asyncio.get_running_loop()
     with pytest.raises(ValueError, match="bad image"):
@@ -130,6 +136,46 @@ async def test_pixel_budget_hold_releases_on_error_without_timing_it() -> None:
             raise ValueError("bad image")
     assert budget.in_use == 0 and budget.seconds_per_byte is None
     assert budget.estimated_wait(10) is None  # nothing measured: never refuses on a guess
+
+
+class _Batcher:
+    incoming_now = 0
+
+    @contextlib.contextmanager
+    def incoming(self, count: int) -> Iterator[None]:
+        self.incoming_now += count
+        try:
+            yield
+        finally:
+            self.incoming_now -= count
+
+
+async def test_decode_uploads_keeps_file_errors_and_cancels_the_rest_on_a_request_error() -> None:
+    model = SimpleNamespace(batcher=_Batcher())
+    cancelled: list[str] = []
+
+    async def decode(name: str) -> str:
+        try:
+            if name == "bad":
+                raise BadImageError("bad: not an image")
+            if name == "slow":
+                await asyncio.sleep(30)
+            if name == "late":
+                await asyncio.sleep(0.02)
+                raise OverloadedError("decoding backlog")
+            return name.upper()
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+
+    outcomes, ok = await decode_uploads(model, ["a", "bad", "b"], decode)  # type: ignore[arg-type]
+    assert ok == ["A", "B"] and outcomes[0] == "A" and isinstance(outcomes[1], BadImageError)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(OverloadedError):
+        await decode_uploads(model, ["a", "bad", "slow", "late"], decode)  # type: ignore[arg-type]
+    assert loop.time() - start < 5 and cancelled == ["slow"]  # not awaited for its 30 s
+    assert model.batcher.incoming_now == 0
 
 
 async def test_pixel_budget_caps_one_request_at_the_whole_budget() -> None:
