@@ -23,10 +23,13 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .errors import QueueFullError, RequestTimeoutError
+
+T = TypeVar("T")
 
 _ALPHA = 0.3  # weight of the newest sample: adapts within a few batches, smooths single hiccups
 _SAFETY = 1.2  # headroom on the wait estimate: a refusal now beats a 504 after the whole timeout
@@ -180,6 +183,16 @@ class PixelBudget:
             yield granted
         finally:
             self.release(granted)
+
+    async def run(
+        self, nbytes: int, work: Callable[[], Awaitable[tuple[T, float]]], *, deadline: float
+    ) -> tuple[T, float]:
+        """Hold ``nbytes`` while ``work`` runs — a decode returning ``(result, its own run
+        seconds)`` — and record that time for the wait estimate."""
+        async with self.hold(nbytes, deadline=deadline) as granted:
+            result = await work()
+        self.record(granted, result[1])
+        return result
 
     def record(self, nbytes: int, seconds: float) -> None:
         """A decode that reserved ``nbytes`` ran for ``seconds`` in its worker (its own run time,

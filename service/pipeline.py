@@ -169,21 +169,20 @@ async def _decode_within_budget(
     """
     max_pixels = runtime.settings.max_pixels
     header = read_header(upload, model_size=size, max_pixels=max_pixels, overlay_max_side=overlay)
-    budget = runtime.pixel_budget
-    async with budget.hold(header.decode_bytes, deadline=deadline) as granted:
+
+    async def decode() -> tuple[imaging.DecodedImage, float]:
         jpeg = runtime.jpeg_decoder
         if runtime.decode_pool is not None and jpeg is None:
             # Processes (RDAD_DECODE_PROCESSES): small JPEGs hit the GIL in threads.
-            decoded = await asyncio.get_running_loop().run_in_executor(
+            return await asyncio.get_running_loop().run_in_executor(
                 runtime.decode_pool,
                 _timed_decode,
                 *(upload, size, max_pixels, overlay, header, deadline),
             )
-        else:
-            decode = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
-            decoded = await _in_pool(runtime, decode)
-    budget.record(granted, decoded[1])  # its run time: the rate of the budget's wait estimate
-    return decoded
+        work = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
+        return await _in_pool(runtime, work)
+
+    return await runtime.pixel_budget.run(header.decode_bytes, decode, deadline=deadline)
 
 
 async def predict(

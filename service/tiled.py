@@ -78,10 +78,8 @@ async def _decode_within_budget(
             "send a smaller image or raise RDAD_MAX_QUEUE"
         )
     nbytes = _DECODE_BYTES_PER_PIXEL * header.width * header.height
-    async with runtime.pixel_budget.hold(nbytes, deadline=deadline) as granted:
-        decoded = await _in_pool(runtime, partial(_decode, upload, tiling, deadline))
-    runtime.pixel_budget.record(granted, decoded[1])
-    return decoded
+    work = partial(_in_pool, runtime, partial(_decode, upload, tiling, deadline))
+    return await runtime.pixel_budget.run(nbytes, work, deadline=deadline)
 
 
 async def predict(
