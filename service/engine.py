@@ -16,6 +16,7 @@ import functools
 import logging
 import queue
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -119,19 +120,41 @@ def provider_options(
     return {}
 
 
-def _check_graph(session: ort.InferenceSession, meta: ModelMetadata) -> None:
-    inputs = {i.name: i for i in session.get_inputs()}
-    spec = inputs.get(meta.input_name)
-    if spec is None or spec.type != "tensor(uint8)" or len(spec.shape) != 4:
-        raise ModelLoadError(f"graph input '{meta.input_name}' must be uint8 (B, H, W, 3)")
-    _, height, width, channels = spec.shape
-    if (height, width, channels) != (meta.image_size, meta.image_size, 3):
+def check_loaded_graph(
+    name: str,
+    meta: ModelMetadata,
+    *,
+    input_is_uint8: bool,
+    input_dims: Sequence[object],
+    outputs: Iterable[str],
+) -> None:
+    """What every runtime checks once a model is loaded (its own API reads the graph): the uint8
+    ``(B, H, W, 3)`` input at the metadata's image size, the named outputs, a calibration."""
+    if meta.calibration is None:
         raise ModelLoadError(
-            f"graph input shape {spec.shape} does not match image_size {meta.image_size}"
+            f"model '{name}' has no calibration (thresholds); export it from a trained, "
+            "calibrated checkpoint"
         )
-    missing = set(meta.output_names) - {o.name for o in session.get_outputs()}
+    if not input_is_uint8 or len(input_dims) != 4:
+        raise ModelLoadError(f"graph input '{meta.input_name}' must be uint8 (B, H, W, 3)")
+    if tuple(input_dims[1:]) != (meta.image_size, meta.image_size, 3):
+        raise ModelLoadError(
+            f"graph input shape {list(input_dims)} does not match image_size {meta.image_size}"
+        )
+    missing = set(meta.output_names) - set(outputs)
     if missing:
         raise ModelLoadError(f"graph lacks outputs {sorted(missing)}")
+
+
+def _check_graph(name: str, session: ort.InferenceSession, meta: ModelMetadata) -> None:
+    spec = {i.name: i for i in session.get_inputs()}.get(meta.input_name)
+    check_loaded_graph(
+        name,
+        meta,
+        input_is_uint8=spec is not None and spec.type == "tensor(uint8)",
+        input_dims=spec.shape if spec is not None else [],
+        outputs=(o.name for o in session.get_outputs()),
+    )
 
 
 @dataclass
@@ -243,12 +266,7 @@ class Engine:
                     f"session on {providers}: {exc}"
                 ) from exc
             raise ModelLoadError(f"model '{name}' cannot be loaded: {exc}") from exc
-        if meta.calibration is None:
-            raise ModelLoadError(
-                f"model '{name}' has no calibration (thresholds); export it from a trained, "
-                "calibrated checkpoint"
-            )
-        _check_graph(session, meta)
+        _check_graph(name, session, meta)
         got = session.get_providers()
         wanted_gpu = [p for p in providers if p in GPU_PROVIDERS]
         if wanted_gpu and got[0] not in GPU_PROVIDERS:

@@ -23,7 +23,7 @@ import numpy as np
 from rdad.metadata import MetadataError, ModelMetadata, read_onnx_metadata
 from rdad.openvino_runtime import compile_cpu
 
-from .engine import InferenceOutput
+from .engine import InferenceOutput, check_loaded_graph
 from .errors import ModelLoadError
 from .settings import Settings
 
@@ -70,12 +70,7 @@ class OpenVinoEngine:
             raise ModelLoadError(f"model '{name}': {exc}") from exc
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ModelLoadError(f"model '{name}' cannot be loaded by OpenVINO: {exc}") from exc
-        if meta.calibration is None:
-            raise ModelLoadError(
-                f"model '{name}' has no calibration (thresholds); export it from a trained, "
-                "calibrated checkpoint"
-            )
-        _check_graph(compiled, meta)
+        _check_graph(name, compiled, meta)
         log.info(
             "model %s: %s, %dpx, %s, OpenVINO CPU",
             name,
@@ -98,16 +93,14 @@ class OpenVinoEngine:
         return sorted({s for s in sizes if 1 <= s <= settings.max_batch_size})
 
 
-def _check_graph(compiled: Any, meta: ModelMetadata) -> None:
-    inputs = {name: port for port in compiled.inputs for name in port.get_names()}
-    port = inputs.get(meta.input_name)
-    if port is None or port.get_element_type().get_type_name() != "u8":
-        raise ModelLoadError(f"graph input '{meta.input_name}' must be uint8 (B, H, W, 3)")
-    shape = port.get_partial_shape()
-    dims = [d.get_length() if d.is_static else None for d in shape]
-    if len(dims) != 4 or dims[1:] != [meta.image_size, meta.image_size, 3]:
-        raise ModelLoadError(f"graph input shape {shape} does not match image_size")
-    names = {name for port in compiled.outputs for name in port.get_names()}
-    missing = set(meta.output_names) - names
-    if missing:
-        raise ModelLoadError(f"graph lacks outputs {sorted(missing)}")
+def _check_graph(name: str, compiled: Any, meta: ModelMetadata) -> None:
+    ports = {n: port for port in compiled.inputs for n in port.get_names()}
+    port = ports.get(meta.input_name)
+    shape = port.get_partial_shape() if port is not None else []
+    check_loaded_graph(
+        name,
+        meta,
+        input_is_uint8=port is not None and port.get_element_type().get_type_name() == "u8",
+        input_dims=[d.get_length() if d.is_static else None for d in shape],
+        outputs=(n for port in compiled.outputs for n in port.get_names()),
+    )
