@@ -32,7 +32,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reliability import Server, cpu_name, raw_request, read_response
+from reliability import Server, raw_request, read_response
+
+from rdad import sysinfo
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -138,9 +140,9 @@ def main() -> None:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         server.stop()
-    report = {"cpu": cpu_name(), "cpus": os.cpu_count(), "jpeg_side": args.side, "rows": rows}
+    report = {"system": sysinfo.describe(), "jpeg_side": args.side, "rows": rows}
     (args.out / "event-loop.json").write_text(json.dumps(report, indent=2))
-    print(f"CPU: {report['cpu']}, {report['cpus']} cores; {args.side}×{args.side} JPEGs")
+    print(f"{sysinfo.headline()}; {args.side}×{args.side} JPEGs")
     print("| files/request | heatmap | loop CPU ms/request | ms/image | one loop: requests/s "
           "| images/s | server CPU ms/image | measured here img/s |")  # fmt: skip
     print("|---:|---|---:|---:|---:|---:|---:|---:|")

@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -44,18 +43,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = re.search(r"Model name:\s*(.+)", out)
-        flags = re.search(r"Flags:\s*(.+)", out)
-        vec = sorted(
-            f for f in (flags.group(1).split() if flags else []) if f.startswith(("avx", "amx"))
-        )
-        return f"{model.group(1).strip() if model else platform.processor()} ({' '.join(vec)})"
-    except OSError:
-        return platform.processor()
+from rdad import sysinfo
 
 
 def pct(values: list[float], q: float) -> float:
@@ -560,8 +548,7 @@ def main() -> None:
         start = time.monotonic()
         result = {
             "scenario": name,
-            "cpu": cpu_name(),
-            "cpus": os.cpu_count(),
+            "system": sysinfo.describe(),
             "load_avg_at_start": os.getloadavg(),
             **SCENARIOS[name](args),
         }

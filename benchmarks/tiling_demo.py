@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rdad import sysinfo
 from rdad.model.evaluate import evaluate, load_for_eval
 from rdad.model.export import export_onnx
 from rdad.model.scoring import score_images
@@ -41,18 +41,6 @@ def colorize(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
     script runs where FastAPI is not installed): the pixel threshold is mid-scale."""
     levels = np.clip(anomaly_map * (255.0 / (2.0 * pixel_threshold)), 0, 255).astype(np.uint8)
     return cv2.applyColorMap(levels, cv2.COLORMAP_JET)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                ext = [f for f in ("avx512_vnni", "avx512f", "avx2") if f" {f}" in flags]
-                return f"{line.split(':', 1)[1].strip()} ({', '.join(ext) or 'no AVX2'})"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def tiles_per_image(args: argparse.Namespace) -> int:
@@ -210,7 +198,7 @@ def main() -> None:
         write_hires_dataset(data, size=args.size, num_train=args.num_train, num_test=args.num_test)
     per_tile = tiles_per_image(args)
     report: dict[str, Any] = {
-        "cpu": cpu_name(),
+        "system": sysinfo.describe(),
         "training_device": args.device,
         "pixel_metrics_size": args.pixel_size,
         "tiles_per_image": per_tile,
@@ -238,7 +226,7 @@ def main() -> None:
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     passes = report["passes_per_training_image"]
     lines = [
-        f"CPU: {report['cpu']}; pixel metrics on a {args.pixel_size}×{args.pixel_size} grid; "
+        f"{sysinfo.headline()}; pixel metrics on a {args.pixel_size}×{args.pixel_size} grid; "
         f"{per_tile} tiles per image; training passes per good image: tiled {passes['tiled']}, "
         f"resized {passes['resized']}",
     ]
