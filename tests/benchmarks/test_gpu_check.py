@@ -6,19 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _table(text: str, header: str) -> list[list[str]]:
@@ -42,7 +37,7 @@ def test_gpu_check_cpu_mode_runs_every_step(tmp_path: Path) -> None:
         **os.environ,
         "RESULTS": str(tmp_path / "results"),
         "GPU_CHECK_WORK": str(tmp_path / "work"),
-        "PORT": str(_free_port()),
+        "PORT": str(free_port()),
         "GPU_DIR": str(tmp_path / "no-wheels"),
     }
     done = subprocess.run(

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import yaml
 from PIL import Image
 
 from rdad.service.settings import Settings
+from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -838,12 +838,6 @@ def test_k8s_service_hpa_and_pdb_fit_the_deployment(k8s: dict[str, dict[str, Any
 
 
 # --- the serving image's command line, on the host ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def image_command(df: Dockerfile) -> list[str]:

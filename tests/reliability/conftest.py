@@ -5,17 +5,15 @@ HTTP layer that an in-process ASGI client skips."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.processes import free_port, stop, wait_until_ready
 from tests.service.conftest import model_dir  # noqa: F401  (the session's tiny model fixture)
 
 API_KEY = "corpus-key"
@@ -33,15 +31,9 @@ class Served:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: F811
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("served") / "serve.log"
     command = [
         sys.executable, "-m", "rdad", "serve", "--model-dir", str(model_dir),
@@ -54,21 +46,7 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            end = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, log_path.read_text()[-2000:]
-                assert time.monotonic() < end, "rdad serve never became ready"
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
+            wait_until_ready(url, proc, lambda: log_path.read_text()[-2000:])
             yield Served(url, API_KEY, log_path)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout_s=20)

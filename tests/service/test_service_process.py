@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,10 @@ from typing import Any
 
 import httpx
 
+from tests.processes import free_port
+
 GRACE_S = 20.0
 DRAIN_DELAY_S = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(model_dir: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
@@ -82,7 +77,7 @@ async def _burst(url: str, pid: int, image: bytes, count: int) -> dict[str, Any]
 def test_predict_cli_then_sigterm_drains_in_flight_requests(
     model_dir: Path, tmp_path: Path, images: Any
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     image = images.png(900, 900)
