@@ -155,6 +155,9 @@ class Batcher:
         items = [_Item(img, loop.create_future(), now, deadline) for img in images]
         self._pending.extend(items)
         self._update_depth()
+        # Launch here rather than through the collector task: under a burst, every extra turn
+        # of the event loop waits behind hundreds of other requests' steps.
+        self._launch_ready()
         self._wakeup.set()
         futures = [item.future for item in items]
         try:
@@ -185,23 +188,27 @@ class Batcher:
             self._wakeup.set()
 
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
-            timeout: float | None = None
-            if self._pending and self._running < self.max_inflight:
-                now = loop.time()
-                closes_at = self._pending[0].enqueued_at + self.max_delay_s
-                # Waiting only pays when another image can still join: if no request for this
-                # model is being decoded, nothing can arrive sooner than a fresh decode (~30 ms
-                # for a 900×900 PNG), so the window would be pure added latency.
-                nothing_coming = self.early_close and self._incoming == 0
-                if len(self._pending) >= self.max_batch_size or now >= closes_at or nothing_coming:
-                    self._launch()
-                    continue
-                timeout = closes_at - now
+            timeout = self._launch_ready()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _launch_ready(self) -> float | None:
+        """Launch every batch that may leave now; return how long until the next may (``None``:
+        until something changes)."""
+        loop = asyncio.get_running_loop()
+        while self._pending and self._running < self.max_inflight:
+            now = loop.time()
+            closes_at = self._pending[0].enqueued_at + self.max_delay_s
+            # Waiting only pays when another image can still join: if no request for this
+            # model is being decoded, nothing can arrive sooner than a fresh decode (~30 ms
+            # for a 900×900 PNG), so the window would be pure added latency.
+            nothing_coming = self.early_close and self._incoming == 0
+            if len(self._pending) < self.max_batch_size and now < closes_at and not nothing_coming:
+                return closes_at - now
+            self._launch()
+        return None
 
     def _cannot_finish(self, item: _Item, expected: float | None, now: float) -> bool:
         # Only drop what the queue wait made late: if one batch takes longer than a whole request
@@ -232,7 +239,13 @@ class Batcher:
         if not batch:
             return
         self._running += 1
-        self._batch_tasks.add(asyncio.create_task(self._run(batch)))
+        self._running_batches[id(batch)] = (now, len(batch))
+        self._sync_admission()
+        # Submitted now, not from the task's first step (one loop turn later).
+        job = asyncio.get_running_loop().run_in_executor(
+            self.executor, self._run_sync, [item.image for item in batch]
+        )
+        self._batch_tasks.add(asyncio.create_task(self._finish(batch, job, started=now)))
 
     def _run_sync(self, images: list[np.ndarray]) -> tuple[InferenceOutput, float]:
         stacked = np.stack(images)
@@ -254,16 +267,18 @@ class Batcher:
         else:
             admission.running_since, admission.running_size = None, 0
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _finish(
+        self,
+        batch: list[_Item],
+        job: asyncio.Future[tuple[InferenceOutput, float]],
+        *,
+        started: float,
+    ) -> None:
+        """Wait for a launched batch and hand each image its result (or the batch's error)."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
         admission = self.admission
-        self._running_batches[id(batch)] = (started, len(batch))
-        self._sync_admission()
         try:
-            out, inference_s = await loop.run_in_executor(
-                self.executor, self._run_sync, [item.image for item in batch]
-            )
+            out, inference_s = await job
         except Exception as exc:
             log.error(
                 "model %s: inference failed for a batch of %d", self.name, len(batch), exc_info=exc
@@ -297,6 +312,7 @@ class Batcher:
             if task is not None:
                 self._batch_tasks.discard(task)
             self._sync_admission()
+            self._launch_ready()
             self._wakeup.set()
 
     def _update_depth(self) -> None:
