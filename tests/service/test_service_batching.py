@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
+import numpy as np
 import pytest
+
+from rdad.service.batcher import Batcher
+from rdad.service.engine import InferenceOutput
 
 
 async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
@@ -22,15 +27,20 @@ def _batcher(client: Any) -> Any:
 
 async def test_concurrent_requests_share_batches(make_client, images, control, reference) -> None:
     blobs = [images.png(64 + i, 64, seed=i) for i in range(8)]
-    # The batch must stay open for its delay and catch all 8 staggered arrivals (the window
-    # alone: early close off, so the gaps between arrivals do not close the batch).
+    # 8 staggered arrivals must end up in one batch. Early close is off and the window is far
+    # longer than the arrivals take on any machine, so only the size (8) can close the batch:
+    # a loaded CI host that stretches the 210 ms of arrivals cannot split it.
     async with make_client(
-        control=control, max_batch_size=8, max_delay_ms=500, batch_early_close=False
+        control=control,
+        max_batch_size=8,
+        max_delay_ms=20_000,
+        batch_early_close=False,
+        request_timeout_s=60,
     ) as client:
         control.batch_sizes.clear()  # forget the warm-up runs
 
         async def staggered(i: int) -> Any:
-            await asyncio.sleep(0.03 * i)  # arrivals spread over 210 ms, inside the delay
+            await asyncio.sleep(0.03 * i)  # arrivals spread over 210 ms
             return await client.post("/predict", files=images.upload(blobs[i]))
 
         responses = await asyncio.gather(*(staggered(i) for i in range(8)))
@@ -181,3 +191,27 @@ async def test_readiness_waits_for_warm_up(make_client, images, control, ready) 
     assert ready_now.status_code == 200 and ready_now.json()["models"] == {"tiny": "ready"}
     assert oip_ready.status_code == 200 and oip_ready.json() == {"ready": True}
     assert (gauge_before, gauge_after) == (0, 1)
+
+
+async def test_a_full_batch_is_submitted_before_the_event_loop_turns() -> None:
+    # Under a burst the event loop has hundreds of requests' steps queued, so each extra turn
+    # between "the batch is full" and "the batch runs" costs the model idle time. The request
+    # that fills the batch submits it itself; here the loop is blocked right after that step.
+    submitted = threading.Event()
+
+    def runner(batch: np.ndarray) -> InferenceOutput:
+        submitted.set()
+        n = len(batch)
+        return InferenceOutput(np.zeros((n, 4, 4), np.float32), np.arange(n, dtype=np.float32))
+
+    batcher = Batcher("m", runner, max_batch_size=2, max_delay_s=60.0, max_queue=8)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    images = [np.zeros((4, 4, 3), np.uint8)] * 2
+    request = asyncio.ensure_future(batcher.infer(images, deadline=loop.time() + 30))
+    await asyncio.sleep(0)  # exactly one step of the request
+    ran = submitted.wait(5)  # blocks the loop: nothing else gets a turn
+    results = await request
+    await batcher.close(1.0)
+    assert ran, "the full batch waited for another turn of the event loop"
+    assert [r.score for r in results] == [0.0, 1.0] and results[0].batch_size == 2
