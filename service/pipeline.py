@@ -139,6 +139,12 @@ async def decode_uploads(
     the whole request at once: the other decodes are cancelled rather than awaited.
     """
     with model.batcher.incoming(len(valid)):
+        if len(valid) == 1:  # awaited in place: no task, so no extra turn of a busy loop
+            try:
+                one: T | BaseException = await decode(valid[0])
+            except FILE_ERRORS as exc:
+                one = exc
+            return [one], [one] if not isinstance(one, BaseException) else []
         tasks = [asyncio.ensure_future(decode(u)) for u in valid]
         try:
             pending: set[asyncio.Future[T]] = set(tasks)
