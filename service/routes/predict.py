@@ -201,24 +201,36 @@ async def _predict(
 
 async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
     """Run ``work`` but cancel it when the client hangs up: its queued images leave the batcher
-    and its decodes are not started (no work for nobody)."""
-    task = asyncio.ensure_future(work)
+    and its decodes are not started (no work for nobody).
+
+    ``work`` runs in this task (not a task of its own, which would start one turn of the event
+    loop later — under a burst, behind hundreds of other requests' steps); the watcher cancels
+    this task, and only while ``work`` is still running.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    running, gone = True, False
 
     async def watch() -> None:
+        nonlocal gone
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                task.cancel()
+                if running:
+                    gone = True
+                    task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():  # cancelled by the watcher: client gone
+        if gone:  # cancelled by the watcher: the client is gone, not the server stopping
+            task.uncancel()
             raise ClientDisconnectedError("the client closed the connection") from None
         raise
     finally:
+        running = False  # no await between the end of ``work`` and here: no late cancel
         watcher.cancel()
 
 
