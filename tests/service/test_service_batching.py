@@ -215,3 +215,53 @@ async def test_a_full_batch_is_submitted_before_the_event_loop_turns() -> None:
     await batcher.close(1.0)
     assert ran, "the full batch waited for another turn of the event loop"
     assert [r.score for r in results] == [0.0, 1.0] and results[0].batch_size == 2
+
+
+async def test_client_that_hangs_up_while_queued_leaves_no_work(
+    make_client, images, control
+) -> None:
+    data = images.png()
+    boundary = b"rdadq"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.png"'
+        b"\r\nContent-Type: image/png\r\n\r\n" + data + b"\r\n--" + boundary + b"--\r\n"
+    )
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("rdad", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary)],
+    }  # fmt: skip
+    hang_up = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    reads = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with make_client(control=control, max_batch_size=1) as client:
+        control.batch_sizes.clear()
+        control.gate.clear()
+        control.entered.clear()
+        running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
+        await _until(control.entered.is_set)
+        leaving = asyncio.create_task(client.app(scope, receive, send))  # type: ignore[attr-defined]
+        await _until(lambda: _batcher(client).depth == 1)
+        hang_up.set()
+        done, _ = await asyncio.wait({leaving}, timeout=5)  # no cancel from here: it must end
+        assert leaving in done and leaving.exception() is None
+        assert _batcher(client).depth == 0  # the queued image left the queue at once
+        assert not any(m.get("status") == 200 for m in sent)
+        control.gate.set()
+        first = await running
+        after = await client.post("/predict", files=images.upload(data))
+    assert (first.status_code, after.status_code) == (200, 200)
+    assert control.batch_sizes == [1, 1]  # the abandoned image never reached the engine
