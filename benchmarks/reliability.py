@@ -36,14 +36,17 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 from PIL import Image
 
 from rdad import sysinfo
+
+T = TypeVar("T")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -263,6 +266,26 @@ def summarize(results: list[tuple[int, float]]) -> dict[str, Any]:
     }
 
 
+def run_client(main: Coroutine[Any, Any, T]) -> T:
+    """Run the load client on uvloop when it is installed: the client shares the cores with
+    the server, and uvloop spends less of them per connection than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests (all CPUs, /proc/stat); NaN off Linux.
+    On a virtual machine this is the noise a run cannot see otherwise."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def raw_throughput(model_file: Path, batch: int, seconds: float = 8.0) -> float:
     """Images/s of a bare ONNX Runtime session at ``batch`` (same thread defaults as serving)."""
     import onnxruntime as ort
@@ -336,9 +359,10 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         # the client's own connection setup before that is reported apart (client_setup_s).
         return results, max(done_at) - min(sent_at), min(sent_at) - start
 
-    cpu_before = time.process_time()
-    results, span, client_setup = asyncio.run(run())
+    cpu_before, steal_before = time.process_time(), steal_seconds()
+    results, span, client_setup = run_client(run())
     client_cpu = time.process_time() - cpu_before
+    steal = steal_seconds() - steal_before
     metrics = server.metrics()
     server.stop()
     # Raw speed drifts by a few percent between minutes on a shared host: measure it again after
@@ -365,6 +389,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         # busy but slower per image than alone (cores shared with decoding, HTTP and the client).
         "inference_busy_s": round(metric(metrics, "rdad_inference_duration_seconds_sum"), 2),
         "client_cpu_s": round(client_cpu, 2),
+        "cpu_steal_s": round(steal, 2),
         "mean_batch": round(
             metric(metrics, "rdad_batch_size_sum")
             / max(1, metric(metrics, "rdad_batch_size_count")),
