@@ -11,6 +11,9 @@ queue fills while the lanes are busy and the next batch leaves full, with no add
 It also closes at once when no other image is on its way (no request for the model is still
 decoding): then the delay could only add latency, which is what a lone client would otherwise pay.
 Images from one request may be split over several batches and share them with other requests.
+A batch leaves from whichever step makes it ready — the request that queued its images, the end
+of the previous batch, or the collector task's timer for the delay — so no extra turn of a busy
+event loop sits between "ready" and "running".
 
 Failure isolation. A full queue answers at once (503 + Retry-After) instead of queueing work that
 would time out; a request past its deadline is taken out of the queue if its batch has not started
