@@ -3,7 +3,8 @@
 torch (on CUDA): fp32, fp16 and bf16 with channels_last, and fp16 replayed as a CUDA graph. ONNX
 Runtime: the exported fp32 and fp16 graphs with the service's own provider options, through plain
 ``session.run`` and through the service's IO binding (:class:`rdad.service.iobinding.BoundBuffers`),
-plus two threads with one binding each (the service's two batches in flight). Every row states its
+plus two threads with one binding each (the service's two batches in flight), and fp16 with the
+batch dimension fixed per session (on CUDA also replayed as a CUDA graph). Every row states its
 arithmetic: GFLOP per image (counted by torch's FLOP counter) × images/s against a peak.
 
     python benchmarks/gpu_bench.py --device cuda --fp32 m32.onnx --fp16 m16.onnx --json out.json
@@ -192,6 +193,64 @@ def ort_rows(args: argparse.Namespace, gflop: float) -> list[dict]:
                     }
                 )
                 print(_line(rows[-1], gflop, cuda), flush=True)
+        if label == "fp16":
+            # One fixed batch: the service's largest bucket on the GPU (64), else the largest here.
+            batch = 64 if 64 in args.batch_sizes else max(args.batch_sizes)
+            dim = session.get_inputs()[0].shape[0]
+            for row in static_rows(args, path, meta, settings, dim, batch):
+                rows.append(row)
+                print(_line(row, gflop, cuda), flush=True)
+    return rows
+
+
+def static_rows(
+    args: argparse.Namespace, path: Path, meta: Any, settings: Any, dim: Any, batch: int
+) -> list[dict]:
+    """A session whose batch dimension is fixed (``add_free_dimension_override_by_name``), as
+    each of the service's one-session-per-bucket sessions could be: ONNX Runtime then folds the
+    int64 shape arithmetic of the map tail (on CUDA those nodes otherwise run on the CPU, a
+    device round trip inside every run), and on CUDA the fixed shapes and the IO binding's fixed
+    addresses allow capturing the run once and replaying it as a CUDA graph."""
+    import onnxruntime as ort
+
+    from rdad.service.device import CPU, CUDA
+    from rdad.service.engine import provider_options
+    from rdad.service.iobinding import BoundBuffers
+
+    cuda = args.device == "cuda"
+    provider = CUDA if cuda else CPU
+    variants: dict[str, dict[str, str]] = {"fp16-static-bind": {}}
+    if cuda:
+        variants["fp16-static-cudagraph"] = {"enable_cuda_graph": "1"}
+    if not isinstance(dim, str):
+        return [{"engine": "onnxruntime", "variant": "fp16-static", "error": "batch is not free"}]
+    rng = np.random.default_rng(batch)
+    x = rng.integers(0, 256, (batch, meta.image_size, meta.image_size, 3), dtype=np.uint8)
+    rows = []
+    for variant, extra in variants.items():
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.add_free_dimension_override_by_name(dim, batch)
+        if not cuda:
+            opts.intra_op_num_threads = args.cpu_threads
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(
+                str(path),
+                opts,
+                providers=[provider],
+                provider_options=[{**provider_options(provider, settings, meta), **extra}],
+            )
+            bound = BoundBuffers(
+                session,
+                meta.input_name,
+                list(meta.output_names),
+                device="cuda" if cuda else "cpu",
+            )
+            r = timed(lambda bound=bound: bound.run(x), lambda: None, batch, args.seconds)
+        except Exception as exc:
+            r = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+        rows.append({"engine": "onnxruntime", "variant": variant, "batch": batch, **r})
     return rows
 
 

@@ -57,7 +57,8 @@ def test_gpu_check_cpu_mode_runs_every_step(tmp_path: Path) -> None:
     model = _table(out, "| engine | variant | batch |")
     variants = {(r[0], r[1]) for r in model}
     assert ("torch", "fp32") in variants
-    for v in ("fp32-run", "fp32-bind", "fp16-run", "fp16-bind", "fp16-bind-2lanes"):
+    ort_variants = ("fp32-run", "fp32-bind", "fp16-run", "fp16-bind", "fp16-bind-2lanes")
+    for v in (*ort_variants, "fp16-static-bind"):
         assert ("onnxruntime", v) in variants, variants
     for row in model:
         assert number.match(row[3]) and float(row[3].replace(",", "")) > 0, row
