@@ -107,14 +107,17 @@ async def test_full_queue_answers_503_at_once(make_client, images, control) -> N
 
 async def test_timeout_answers_504_and_drops_unstarted_work(make_client, images, control) -> None:
     data = images.png()
-    async with make_client(control=control, max_batch_size=1, request_timeout_s=0.5) as client:
+    # The timeout leaves room for a slow warm-up on a loaded host: admission refuses (503) a
+    # request whose estimated wait — from the warm-up batch's time — exceeds its deadline.
+    async with make_client(control=control, max_batch_size=1, request_timeout_s=1.5) as client:
         control.batch_sizes.clear()
         control.gate.clear()
         control.entered.clear()
         started = asyncio.create_task(client.post("/predict", files=images.upload(data)))
         await _until(control.entered.is_set)
         waiting = asyncio.create_task(client.post("/predict", files=images.upload(data)))
-        await _until(lambda: _batcher(client).depth == 1)
+        await _until(lambda: _batcher(client).depth == 1 or waiting.done())
+        assert not waiting.done(), f"never queued: {waiting.result().text}"
         timed_out = await asyncio.gather(started, waiting)
         assert [r.status_code for r in timed_out] == [504, 504]
         assert timed_out[1].json()["error"] == "timeout"
