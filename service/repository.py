@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,64 +34,12 @@ from .engines import InferenceEngine, load_engine
 from .errors import ModelLoadError, ModelNotFoundError
 from .metrics import Metrics
 from .registry import FolderScan, Signature, relative_name, scan_folder
+from .served import ModelState, PendingModel, ServedModel
 from .settings import Settings
 
 log = logging.getLogger("rdad.service.repository")
 
 RunnerFactory = Callable[[str, InferenceEngine], Runner]
-
-
-class ModelState(enum.StrEnum):
-    LOADING = "loading"
-    WARMING = "warming"
-    READY = "ready"
-    FAILED = "failed"
-    DRAINING = "draining"
-
-    @property
-    def serves(self) -> bool:
-        """Requests routed to a model in this state are answered (a draining version finishes
-        what it was given)."""
-        return self in (ModelState.READY, ModelState.DRAINING)
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """One loaded version of a model, with its batcher."""
-
-    name: str
-    engine: InferenceEngine
-    runner: Runner
-    batcher: Batcher
-    admission: ModelAdmission
-    state: ModelState = ModelState.WARMING
-    error: str | None = None
-    file: str = ""
-    """The file it came from, relative to the model folder."""
-    leases: int = 0
-    """Requests routed to this version and not yet answered."""
-
-    @property
-    def version(self) -> str:
-        return self.engine.metadata.model_version
-
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[ServedModel]:
-        self.leases += 1
-        try:
-            yield self
-        finally:
-            self.leases -= 1
-
-
-@dataclass(eq=False)
-class PendingModel:
-    """A model file with no version of its own serving: being loaded, or failed."""
-
-    name: str
-    file: str
-    state: ModelState
-    error: str | None = None
 
 
 @dataclass

@@ -25,7 +25,8 @@ from .engines import InferenceEngine
 from .errors import ModelNotFoundError, NotReadyError
 from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
 from .metrics import Metrics
-from .repository import ModelRepository, ModelState, ServedModel
+from .repository import ModelRepository
+from .served import ModelState, ServedModel
 from .settings import Settings
 from .threads import budget_cpu_threads
 
