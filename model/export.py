@@ -17,6 +17,7 @@ built-in synthetic parts) go through torch and ONNX Runtime; the file is written
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -130,12 +131,27 @@ def parity_images(ckpt: dict[str, Any], image_size: int, count: int = 4) -> np.n
     return np.stack([good_part(rng, image_size) for _ in range(count)])
 
 
-def _ort_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def parity_providers(available: list[str], gpu_usable: bool) -> list[str]:
+    """ONNX Runtime providers for the parity check: CUDA when this build has it and a GPU is
+    usable — where an fp16 graph will be served, and where its kernels really run in half
+    precision (the CPU provider upcasts many of them) — else the CPU."""
+    cuda = "CUDAExecutionProvider"
+    if gpu_usable and cuda in available:
+        return [cuda, "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _ort_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """The graph's outputs for ``images`` and the provider that computed them."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    providers = parity_providers(ort.get_available_providers(), torch.cuda.is_available())
+    if len(providers) > 1 and hasattr(ort, "preload_dlls"):
+        with contextlib.suppress(Exception):  # CUDA/cuDNN from the nvidia-* wheels, if any
+            ort.preload_dlls()
+    session = ort.InferenceSession(str(path), providers=providers)
     anomaly_map, score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
-    return anomaly_map, score
+    return anomaly_map, score, session.get_providers()[0]
 
 
 def build_metadata(
@@ -232,14 +248,15 @@ def export_onnx(
             raise ExportError(f"fp16 graph has a non-fp32 anomaly-map tail: {problems[:3]}")
         onnx.save(proto, str(tmp_path))
 
-        ort_maps, ort_scores = _ort_run(tmp_path, images)
+        ort_maps, ort_scores, provider = _ort_run(tmp_path, images)
         diff = max(
             float(np.abs(ort_maps - ref_maps).max()), float(np.abs(ort_scores - ref_scores).max())
         )
         tolerance = FP16_ATOL if precision == "fp16" else FP32_ATOL
         graph_precision = "fp32" if precision == "int8" else precision
         print(
-            f"parity ({graph_precision}, {len(images)} images): max |torch - onnxruntime| = "
+            f"parity ({graph_precision}, {len(images)} images, {provider}): "
+            f"max |torch - onnxruntime| = "
             f"{diff:.2e} "
             f"(tolerance {tolerance:.0e})"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from rdad.metadata import METADATA_KEY, ModelMetadata, read_onnx_metadata
 from rdad.model.checkpoint import TrainConfig, load_model, predict, read_checkpoint
 from rdad.model.evaluate import evaluate
-from rdad.model.export import ExportError, export_onnx, parity_images
+from rdad.model.export import ExportError, export_onnx, parity_images, parity_providers
 from rdad.model.train import train
 from tests.conftest import TINY_SIZE, TINY_TRAIN
 
@@ -138,6 +139,20 @@ def test_map_tail_check_catches_an_fp16_tail() -> None:
     assert problems and "FLOAT16" in problems[0]
 
 
+def test_parity_runs_where_the_graph_will_be_served(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    # On a GPU host with onnxruntime-gpu the check runs on CUDA (fp16 kernels really in half
+    # precision there); a GPU build without a usable GPU, or a CPU build, checks on the CPU.
+    assert parity_providers([cuda, cpu], gpu_usable=True) == [cuda, cpu]
+    assert parity_providers([cuda, cpu], gpu_usable=False) == [cpu]
+    assert parity_providers([cpu], gpu_usable=True) == [cpu]
+    export_onnx(tiny_checkpoint, tmp_path / "half.onnx", precision="fp16")
+    here = parity_providers(ort.get_available_providers(), torch.cuda.is_available())[0]
+    assert re.search(rf"parity \(fp16, \d+ images, {here}\)", capsys.readouterr().out)
+
+
 def test_export_refuses_when_parity_fails(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,9 +160,9 @@ def test_export_refuses_when_parity_fails(
 
     real = export_module._ort_run
 
-    def drifted(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = real(path, images)
-        return maps + 0.01, scores
+    def drifted(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        maps, scores, provider = real(path, images)
+        return maps + 0.01, scores, provider
 
     monkeypatch.setattr(export_module, "_ort_run", drifted)
     out = tmp_path / "bad.onnx"
