@@ -102,8 +102,8 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._incoming = 0  # images of requests still decoding (see `incoming`)
         self._wakeup = asyncio.Event()
-        self._running = 0  # batches in flight
-        self._running_batches: dict[int, tuple[float, int]] = {}  # id → (started, size)
+        self._running_batches: dict[int, tuple[float, int]] = {}
+        """The batches in flight: ``id(batch)`` → (started, size)."""
         self._closed = False
         self._loop_task: asyncio.Task[None] | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
@@ -201,7 +201,7 @@ class Batcher:
         """Launch every batch that may leave now; return how long until the next may (``None``:
         until something changes)."""
         loop = asyncio.get_running_loop()
-        while self._pending and self._running < self.max_inflight:
+        while self._pending and len(self._running_batches) < self.max_inflight:
             now = loop.time()
             closes_at = self._pending[0].enqueued_at + self.max_delay_s
             # Waiting only pays when another image can still join: if no request for this
@@ -225,7 +225,8 @@ class Batcher:
         # An image whose request would time out before this batch can finish (judged by the
         # measured time of a batch of this size) is answered 504 now instead of running: under
         # overload, compute goes to requests that can still be answered.
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         expected = self.admission.latency.expected(min(len(self._pending), self.max_batch_size))
         batch: list[_Item] = []
         while self._pending and len(batch) < self.max_batch_size:
@@ -241,13 +242,10 @@ class Batcher:
         self._update_depth()
         if not batch:
             return
-        self._running += 1
         self._running_batches[id(batch)] = (now, len(batch))
         self._sync_admission()
         # Submitted now, not from the task's first step (one loop turn later).
-        job = asyncio.get_running_loop().run_in_executor(
-            self.executor, self._run_sync, [item.image for item in batch]
-        )
+        job = loop.run_in_executor(self.executor, self._run_sync, [item.image for item in batch])
         self._batch_tasks.add(asyncio.create_task(self._finish(batch, job, started=now)))
 
     def _run_sync(self, images: list[np.ndarray]) -> tuple[InferenceOutput, float]:
@@ -309,7 +307,6 @@ class Batcher:
                     )
                     item.future.set_result(result)
         finally:
-            self._running -= 1
             self._running_batches.pop(id(batch), None)
             task = asyncio.current_task()
             if task is not None:
@@ -327,7 +324,7 @@ class Batcher:
         self._closed = True
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
-        while (self._pending or self._running) and loop.time() < end:
+        while (self._pending or self._running_batches) and loop.time() < end:
             await asyncio.sleep(0.01)
         if self._loop_task:
             self._loop_task.cancel()
