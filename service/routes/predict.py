@@ -205,20 +205,20 @@ async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response
 
     ``work`` runs in this task (not a task of its own, which would start one turn of the event
     loop later — under a burst, behind hundreds of other requests' steps); the watcher cancels
-    this task, and only while ``work`` is still running.
+    this task. The watcher only runs while ``work`` awaits: ``finally`` cancels it before this
+    task awaits anything else.
     """
     task = asyncio.current_task()
     assert task is not None
-    running, gone = True, False
+    gone = False
 
     async def watch() -> None:
         nonlocal gone
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                if running:
-                    gone = True
-                    task.cancel()
+                gone = True
+                task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
@@ -230,7 +230,6 @@ async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response
             raise ClientDisconnectedError("the client closed the connection") from None
         raise
     finally:
-        running = False  # no await between the end of ``work`` and here: no late cancel
         watcher.cancel()
 
 
