@@ -131,6 +131,7 @@ def torch_rows(args: argparse.Namespace, gflop: float) -> list[dict]:
 def ort_rows(args: argparse.Namespace, gflop: float) -> list[dict]:
     import onnxruntime as ort
 
+    from rdad.cuda_libraries import preload_for_onnxruntime
     from rdad.metadata import read_onnx_metadata
     from rdad.service.device import CPU, CUDA
     from rdad.service.engine import provider_options
@@ -139,8 +140,8 @@ def ort_rows(args: argparse.Namespace, gflop: float) -> list[dict]:
 
     cuda = args.device == "cuda"
     provider = CUDA if cuda else CPU
-    if cuda and hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
+    if cuda:
+        preload_for_onnxruntime()  # as the service does
     if provider not in ort.get_available_providers():
         print(f"onnxruntime {ort.__version__} has no {provider}: ONNX Runtime rows skipped")
         return [{"engine": "onnxruntime", "skipped": f"no {provider} in this build"}]

@@ -17,7 +17,6 @@ built-in synthetic parts) go through torch and ONNX Runtime; the file is written
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from rdad import __version__
+from rdad.cuda_libraries import preload_for_onnxruntime
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
 
 from .checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
@@ -146,9 +146,8 @@ def _ort_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, st
     import onnxruntime as ort
 
     providers = parity_providers(ort.get_available_providers(), torch.cuda.is_available())
-    if len(providers) > 1 and hasattr(ort, "preload_dlls"):
-        with contextlib.suppress(Exception):  # CUDA/cuDNN from the nvidia-* wheels, if any
-            ort.preload_dlls()
+    if len(providers) > 1:
+        preload_for_onnxruntime()
     session = ort.InferenceSession(str(path), providers=providers)
     anomaly_map, score = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
     return anomaly_map, score, session.get_providers()[0]

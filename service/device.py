@@ -23,6 +23,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from rdad.cuda_libraries import preload_for_onnxruntime
+
 from .errors import ModelLoadError
 from .settings import Settings
 
@@ -89,17 +91,6 @@ def preflight(settings: Settings) -> None:
         raise DevicePolicyError(f"RDAD_DEVICE=cuda but no GPU can be used: {problem}")
 
 
-def _preload_cuda_libraries() -> None:
-    # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels only when asked (or when torch has
-    # loaded them); without this, a pip-only install silently loses its CUDA provider.
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None and not os.environ.get("RDAD_NO_PRELOAD_DLLS"):
-        try:
-            preload()
-        except Exception as exc:  # nothing to preload is fine: system CUDA may be on the path
-            log.debug("onnxruntime.preload_dlls: %s", exc)
-
-
 def resolve_providers(settings: Settings) -> list[str]:
     """The providers to ask ONNX Runtime for, in order (CPU last unless ``device=cuda``)."""
     problem = gpu_problem(settings)
@@ -109,7 +100,7 @@ def resolve_providers(settings: Settings) -> list[str]:
         if settings.device == "auto":
             _warn_once(f"no GPU used ({problem}); running on the CPU")
         return [CPU]
-    _preload_cuda_libraries()
+    preload_for_onnxruntime()
     available = ort.get_available_providers()
     chosen: list[str] = []
     for raw in settings.providers:
