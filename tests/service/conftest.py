@@ -11,7 +11,7 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +158,40 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def upload(data: bytes, name: str = "part.png", media: str = "image/png") -> dict[str, Any]:
     return {"file": (name, data, media)}
+
+
+def post_scope(
+    path: str = "/predict",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    root_path: str = "",
+) -> dict[str, Any]:
+    """The ASGI scope uvicorn passes for ``POST path``: for tests that play the client's
+    ``receive``/``send`` themselves (streamed, slow, unauthenticated or vanishing uploads)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": root_path,
+        "headers": [(b"host", b"rdad"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("rdad", 80),
+    }
+
+
+def multipart_file(
+    data: bytes, boundary: bytes, *, field: str = "file", name: str = "a.png"
+) -> bytes:
+    """One PNG file part of a multipart body (without the closing ``--boundary--``)."""
+    return (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; '
+        b'filename="' + name.encode() + b'"\r\nContent-Type: image/png\r\n\r\n' + data + b"\r\n"
+    )
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -19,6 +19,7 @@ from rdad.service.errors import BadImageError, QueueFullError, RequestTimeoutErr
 from rdad.service.pipeline import decode_uploads
 from rdad.service.resources import MIB, default_pixel_budget, memory_limit_bytes
 from rdad.service.settings import Settings
+from tests.service.conftest import multipart_file, post_scope
 
 BOUNDARY = b"rdadb"
 
@@ -226,23 +227,7 @@ async def _stream_post(app: Any, path: str, chunks: list[bytes]) -> tuple[int, i
     """POST ``chunks`` as a multipart body; return status, chunks read and the JSON answer."""
     reads = 0
     sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"rdad"),
-            (b"content-type", b"multipart/form-data; boundary=" + BOUNDARY),
-        ],
-        "client": ("127.0.0.1", 40000),
-        "server": ("rdad", 80),
-    }
+    scope = post_scope(path, [(b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)])
 
     async def receive() -> dict[str, Any]:
         nonlocal reads
@@ -260,10 +245,7 @@ async def _stream_post(app: Any, path: str, chunks: list[bytes]) -> tuple[int, i
 
 
 def _part(data: bytes, field: str = "files", name: str = "a.png") -> bytes:
-    return (
-        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; '
-        b'filename="' + name.encode() + b'"\r\nContent-Type: image/png\r\n\r\n' + data + b"\r\n"
-    )
+    return multipart_file(data, BOUNDARY, field=field, name=name)
 
 
 async def test_full_model_is_refused_before_the_body_is_read(make_client, images) -> None:
@@ -325,13 +307,7 @@ async def test_deadline_counts_from_arrival_including_the_upload(make_client, im
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict",
-                "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-                "server": ("rdad", 80),
-                "headers": [(b"content-type", b"multipart/form-data; boundary=rdadb")],
-            }  # fmt: skip
+            scope = post_scope(headers=[(b"content-type", b"multipart/form-data; boundary=rdadb")])
             await app(scope, receive, send)
             body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
             return sent[0]["status"], json.loads(body)
@@ -468,14 +444,10 @@ async def _stream_post_prefixed(
     """What uvicorn passes behind ``--root-path /rdad``: the full path plus the root_path."""
     reads = 0
     sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/rdad/predict", "raw_path": b"/rdad/predict",
-        "query_string": b"", "root_path": "/rdad", "client": ("127.0.0.1", 1),
-        "server": ("rdad", 80),
-        "headers": [(b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)]
-        + ([(b"authorization", key)] if key else []),
-    }  # fmt: skip
+    headers = [(b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)]
+    scope = post_scope(
+        "/rdad/predict", headers + ([(b"authorization", key)] if key else []), root_path="/rdad"
+    )
 
     async def receive() -> dict[str, Any]:
         nonlocal reads

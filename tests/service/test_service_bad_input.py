@@ -13,28 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.service.conftest import post_scope
+
 BOUNDARY = b"rdadboundary"
 PART_HEAD = (
     b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
     b"Content-Type: image/png\r\n\r\n"
 )
-
-
-def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/predict",
-        "raw_path": b"/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"rdad"), *headers],
-        "client": ("127.0.0.1", 40000),
-        "server": ("rdad", 80),
-    }
 
 
 async def _call_streaming(app: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, int, dict]:
@@ -55,7 +40,7 @@ async def _call_streaming(app: Any, headers: list[tuple[bytes, bytes]]) -> tuple
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(_scope(headers), receive, send)
+    await app(post_scope(headers=headers), receive, send)
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], reads, json.loads(body)
 

@@ -11,6 +11,7 @@ import pytest
 
 from rdad.service.batcher import Batcher
 from rdad.service.engine import InferenceOutput
+from tests.service.conftest import multipart_file, post_scope
 
 
 async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
@@ -225,16 +226,8 @@ async def test_client_that_hangs_up_while_queued_leaves_no_work(
 ) -> None:
     data = images.png()
     boundary = b"rdadq"
-    body = (
-        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.png"'
-        b"\r\nContent-Type: image/png\r\n\r\n" + data + b"\r\n--" + boundary + b"--\r\n"
-    )
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 1), "server": ("rdad", 80),
-        "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary)],
-    }  # fmt: skip
+    body = multipart_file(data, boundary) + b"--" + boundary + b"--\r\n"
+    scope = post_scope(headers=[(b"content-type", b"multipart/form-data; boundary=" + boundary)])
     hang_up = asyncio.Event()
     sent: list[dict[str, Any]] = []
     reads = 0
