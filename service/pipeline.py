@@ -50,15 +50,16 @@ class Prediction:
     encode_s: float
 
 
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and its own run time (not a pool's wait); top-level so a process pool can run it."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
 async def _in_pool(runtime: ServiceRuntime, fn: Callable[[], T]) -> tuple[T, float]:
     """Run ``fn`` in the CPU pool; return its result and its own run time (not the pool wait)."""
-
-    def timed() -> tuple[T, float]:
-        start = time.perf_counter()
-        result = fn()
-        return result, time.perf_counter() - start
-
-    return await asyncio.get_running_loop().run_in_executor(runtime.cpu_pool, timed)
+    return await asyncio.get_running_loop().run_in_executor(runtime.cpu_pool, timed, fn)
 
 
 FILE_ERRORS = (BadImageError, ImageTooLargeError, UnsupportedMediaTypeError, ImageDecodeError)
@@ -89,20 +90,6 @@ def _decode(
         )
     except (ImageDecodeError, BadImageError) as exc:
         raise BadImageError(f"{upload.filename}: {exc}") from None
-
-
-def _timed_decode(
-    upload: Upload,
-    size: int,
-    max_pixels: int,
-    overlay: int | None,
-    header: imaging.Header,
-    deadline: float,
-) -> tuple[imaging.DecodedImage, float]:
-    """:func:`_decode` and its own run time; top-level so the decode process pool can run it."""
-    start = time.perf_counter()
-    decoded = _decode(upload, size, max_pixels, overlay, header, deadline)
-    return decoded, time.perf_counter() - start
 
 
 def ensure_ready(runtime: ServiceRuntime, model: ServedModel) -> None:
@@ -178,14 +165,12 @@ async def _decode_within_budget(
 
     async def decode() -> tuple[imaging.DecodedImage, float]:
         jpeg = runtime.jpeg_decoder
-        if runtime.decode_pool is not None and jpeg is None:
-            # Processes (RDAD_DECODE_PROCESSES): small JPEGs hit the GIL in threads.
-            return await asyncio.get_running_loop().run_in_executor(
-                runtime.decode_pool,
-                _timed_decode,
-                *(upload, size, max_pixels, overlay, header, deadline),
-            )
         work = partial(_decode, upload, size, max_pixels, overlay, header, deadline, jpeg)
+        if runtime.decode_pool is not None and jpeg is None:
+            # Processes (RDAD_DECODE_PROCESSES): small JPEGs hit the GIL in threads. The work
+            # travels pickled: a partial of the top-level _decode, no decoder object in it.
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(runtime.decode_pool, timed, work)
         return await _in_pool(runtime, work)
 
     return await runtime.pixel_budget.run(header.decode_bytes, decode, deadline=deadline)
