@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .admission import ModelAdmission
-from .batcher import Batcher, Runner
-from .engine import warmup_batch
+from .batcher import Runner
 from .engines import InferenceEngine, load_engine
 from .errors import ModelLoadError, ModelNotFoundError
 from .metrics import Metrics
+from .model_gauges import ModelStateGauges
 from .registry import FolderScan, Signature, relative_name, scan_folder
-from .served import ModelState, PendingModel, ServedModel
+from .served import ModelState, PendingModel, ServedModel, open_served_model, warm_up
 from .settings import Settings
 
 log = logging.getLogger("rdad.service.repository")
@@ -72,7 +71,7 @@ class ModelRepository:
         self._lock = asyncio.Lock()  # one change at a time: poll, reload
         self._task: asyncio.Task[None] | None = None
         self._drains: set[asyncio.Task[None]] = set()
-        self._info: dict[int, tuple[str, ...]] = {}  # rdad_model_info labels per entry
+        self._gauges = ModelStateGauges(metrics)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -267,8 +266,7 @@ class ModelRepository:
         model = self.models.pop(name, None)
         if model is not None:
             self._retire(model)
-        with contextlib.suppress(KeyError):
-            self.metrics.model_ready.remove(name)
+        self._gauges.forget(name)
 
     def _clear_pending(self, name: str) -> None:
         pending = self.pending.pop(name, None)
@@ -311,42 +309,15 @@ class ModelRepository:
             # ONNX Runtime quotes the full path: answers name the file relative to the folder.
             self._fail(name, file, reason.replace(str(path), file))
             return None
-        settings = self.settings
         runner = self._make_runner(name, engine)
-        admission = ModelAdmission(
-            name,
-            max_batch_size=settings.max_batch_size,
-            max_queue=settings.max_queue,
-            retry_after_s=settings.retry_after_s,
-        )
-        batcher = Batcher(
-            name,
-            runner,
-            max_batch_size=settings.max_batch_size,
-            max_delay_s=settings.max_delay_s,
-            early_close=settings.batch_early_close,
-            max_queue=settings.max_queue,
-            retry_after_s=settings.retry_after_s,
-            metrics=self.metrics.for_model(name),
-            admission=admission,
-            max_inflight=engine.inflight,
-        )
-        batcher.start()
+        model = open_served_model(name, engine, runner, self.settings, self.metrics, file)
         self.metrics.model_loads.labels(name, "ok").inc()
-        return ServedModel(name, engine, runner, batcher, admission, file=file)
+        return model
 
     async def _warm(self, model: ServedModel) -> bool:
-        loop = asyncio.get_running_loop()
-        sizes = model.engine.warmup_batch_sizes(self.settings)
         start = time.perf_counter()
         try:
-            for size in sizes:
-                batch = warmup_batch(size, model.engine.image_size)
-                # On the model's own inference thread: no request can run concurrently.
-                began = loop.time()
-                await loop.run_in_executor(model.batcher.executor, model.runner, batch)
-                # A first guess for admission's wait estimates; real batches refine it.
-                model.admission.latency.record(size, loop.time() - began, provisional=True)
+            sizes = await warm_up(model, self.settings)
         except Exception as exc:
             log.error("model %s: warm-up failed; it will not serve", model.name, exc_info=exc)
             self._fail(model.name, model.file, f"warm-up failed: {exc}")
@@ -371,30 +342,10 @@ class ModelRepository:
         self.metrics.model_loads.labels(name, "failed").inc()
         log.error("model %s failed: %s", name, reason)
 
-    # --- metrics ------------------------------------------------------------------------------
+    # --- metrics ----------------------------------------------------------------------------
 
     def _publish(self, entry: ServedModel | PendingModel) -> None:
-        """``rdad_model_info{model, version, provider, image_size, backbone, state} = 1`` for
-        every version and file the repository knows; ``rdad_model_ready`` per serving name."""
-        if isinstance(entry, ServedModel):
-            meta = entry.engine.metadata
-            labels: tuple[str, ...] = (
-                entry.name, meta.model_version, entry.engine.provider, str(meta.image_size),
-                meta.backbone, str(entry.state),
-            )  # fmt: skip
-            if self.models.get(entry.name) is entry:
-                ready = 1 if entry.state is ModelState.READY else 0
-                self.metrics.model_ready.labels(entry.name).set(ready)
-        else:
-            labels = (entry.name, "", "", "", "", str(entry.state))
-            if entry.name not in self.models:
-                self.metrics.model_ready.labels(entry.name).set(0)
-        self._unpublish(entry)
-        self._info[id(entry)] = labels
-        self.metrics.model_info.labels(*labels).set(1)
+        self._gauges.publish(entry, serving=self.models.get(entry.name))
 
     def _unpublish(self, entry: ServedModel | PendingModel) -> None:
-        labels = self._info.pop(id(entry), None)
-        if labels is not None:
-            with contextlib.suppress(KeyError):
-                self.metrics.model_info.remove(*labels)
+        self._gauges.unpublish(entry)
