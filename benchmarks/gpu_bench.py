@@ -134,8 +134,8 @@ def ort_rows(args: argparse.Namespace, gflop: float) -> list[dict]:
     from rdad.cuda_libraries import preload_for_onnxruntime
     from rdad.metadata import read_onnx_metadata
     from rdad.service.device import CPU, CUDA
-    from rdad.service.engine import provider_options
     from rdad.service.iobinding import BoundBuffers
+    from rdad.service.provider_options import provider_options
     from rdad.service.settings import Settings
 
     cuda = args.device == "cuda"
@@ -215,8 +215,8 @@ def static_rows(
     import onnxruntime as ort
 
     from rdad.service.device import CPU, CUDA
-    from rdad.service.engine import provider_options
     from rdad.service.iobinding import BoundBuffers
+    from rdad.service.provider_options import provider_options
 
     cuda = args.device == "cuda"
     provider = CUDA if cuda else CPU

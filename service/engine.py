@@ -1,8 +1,9 @@
 """One ONNX Runtime session per model: device policy, provider options, IO binding, warm-up.
 
 Which providers are asked for, and the proof of where the graph really runs, live in
-:mod:`service.device`; this module builds the session with them and runs batches. What ORT
-finally uses is logged per model and shown in ``/models``, ``/readyz`` and ``rdad_model_info``.
+:mod:`service.device`; their options (buckets, TensorRT profiles) in
+:mod:`service.provider_options`; this module builds the session with them and runs batches. What
+ORT finally uses is logged per model and shown in ``/models``, ``/readyz`` and ``rdad_model_info``.
 
 Running a batch on GPU providers: padded up to a batch-size bucket, on that bucket's own session
 (a session never changes input shape: measured on an H200, a change costs ~0.6 s), with up to
@@ -19,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -39,6 +40,7 @@ from .device import (
 )
 from .errors import ModelLoadError
 from .iobinding import BoundBuffers
+from .provider_options import batch_buckets, provider_options
 from .settings import Settings
 
 log = logging.getLogger("rdad.service.engine")
@@ -51,73 +53,6 @@ class InferenceOutput(NamedTuple):
     """float32 ``(B, H, W)``: the smoothed anomaly map at the model's resolution."""
     score: np.ndarray
     """float32 ``(B,)``: raw image scores (max of the map)."""
-
-
-def batch_buckets(settings: Settings, on_gpu: bool) -> list[int]:
-    """Sizes a batch is padded up to (empty: no padding)."""
-    top = settings.max_batch_size
-    if settings.batch_buckets is not None:
-        if 0 in settings.batch_buckets:
-            return []
-        sizes = {s for s in settings.batch_buckets if 1 <= s <= top}
-    elif on_gpu:
-        sizes = {1 << k for k in range(top.bit_length()) if 1 << k <= top}
-    else:
-        return []
-    return sorted(sizes | {top})
-
-
-def _trt_profile(meta: ModelMetadata, buckets: list[int], top: int) -> dict[str, str]:
-    """TensorRT optimisation profiles: one exact-shape profile per bucket (batches are padded to
-    a bucket, so no other shape ever reaches the engine), or one 1..max profile without buckets.
-
-    ORT reads comma-separated ``input:shape`` lists; the k-th entries of min/opt/max form profile
-    k when the same input is named several times.
-    """
-    shape = f"{meta.image_size}x{meta.image_size}x3"
-    name = meta.input_name
-    lows, highs = (buckets, buckets) if buckets else ([1], [top])
-    return {
-        "trt_profile_min_shapes": ",".join(f"{name}:{b}x{shape}" for b in lows),
-        "trt_profile_opt_shapes": ",".join(f"{name}:{b}x{shape}" for b in highs),
-        "trt_profile_max_shapes": ",".join(f"{name}:{b}x{shape}" for b in highs),
-    }
-
-
-def provider_options(
-    name: str, settings: Settings, meta: ModelMetadata, batch: int | None = None
-) -> dict[str, Any]:
-    """ORT provider options; ``batch``: the one batch size this session will ever see (its
-    TensorRT engine is then built for exactly that shape)."""
-    dev = str(settings.device_id)
-    if name == CUDA:
-        # Exhaustive cuDNN search picks the fastest kernel per input shape on its first run:
-        # slow once, which is why warm-up runs every batch size the batcher can form. Measured on
-        # an H200, a *change* of input shape between runs of one session also costs ~0.6 s, so
-        # on GPUs each batch bucket gets its own session (see Engine.load).
-        return {
-            "device_id": dev,
-            "cudnn_conv_algo_search": "EXHAUSTIVE",
-            "cudnn_conv_use_max_workspace": "1",
-            "do_copy_in_default_stream": "1",
-        }
-    if name == TENSORRT:
-        cache = settings.trt_cache_dir or settings.model_dir / ".trt-cache"
-        cache.mkdir(parents=True, exist_ok=True)
-        fp16 = settings.trt_fp16 or meta.precision == "fp16"
-        return {
-            "device_id": dev,
-            "trt_fp16_enable": "True" if fp16 else "False",
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": str(cache),
-            "trt_max_workspace_size": str(8 << 30),
-            **_trt_profile(
-                meta, [batch] if batch else batch_buckets(settings, True), settings.max_batch_size
-            ),
-        }
-    return {}
 
 
 def check_loaded_graph(

@@ -21,9 +21,10 @@ from rdad.service.device import (
     gpu_problem,
     resolve_providers,
 )
-from rdad.service.engine import Engine, provider_options
+from rdad.service.engine import Engine
 from rdad.service.errors import ModelLoadError
 from rdad.service.iobinding import BoundBuffers
+from rdad.service.provider_options import provider_options
 from rdad.service.settings import Settings
 
 NO_GPU = cuda_problem(0) is not None
@@ -183,7 +184,7 @@ def test_buckets_pad_and_slice(model_dir: Path) -> None:
 
 
 def test_default_buckets_gpu_only(model_dir: Path) -> None:
-    from rdad.service.engine import batch_buckets
+    from rdad.service.provider_options import batch_buckets
 
     assert batch_buckets(Settings(max_batch_size=48), on_gpu=True) == [1, 2, 4, 8, 16, 32, 48]
     assert batch_buckets(Settings(max_batch_size=48), on_gpu=False) == []
