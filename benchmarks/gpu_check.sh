@@ -144,6 +144,9 @@ serve() { # serve PORT MODEL_DIR LOG
     --port "$1" --no-access-log --log-level warning >"$3" 2>&1) &
   echo $!
 }
+free_port() { # a loopback port nothing listens on right now
+  $PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+}
 wait_ready() { # wait_ready PORT PID
   for _ in $(seq 1 $((STEP_S * 2))); do
     kill -0 "$2" 2>/dev/null || return 1
@@ -192,11 +195,15 @@ else
     $PY -c "import httpx; print(httpx.get('http://127.0.0.1:$PORT/metrics').text)" |
       grep -E "^rdad_batch_size_(sum|count)" >"$RESULTS/batch-sizes.txt" || true
     if [ "$(left)" -gt 45 ]; then
-      pid2=$(serve "$((PORT + 1))" "$SERVE_DIR" "$RESULTS/serve2.log")
-      if wait_ready "$((PORT + 1))" "$pid2"; then
-        load "jpeg256-c$c-2servers" "http://127.0.0.1:$PORT,http://127.0.0.1:$((PORT + 1))" jpeg256 "$c" 1
+      # The second port is found now, not derived from PORT: the load clients' own connections
+      # take ephemeral ports too, and PORT + 1 was one of them once ("address already in use").
+      port2=$(free_port)
+      pid2=$(serve "$port2" "$SERVE_DIR" "$RESULTS/serve2.log")
+      if wait_ready "$port2" "$pid2"; then
+        load "jpeg256-c$c-2servers" "http://127.0.0.1:$PORT,http://127.0.0.1:$port2" jpeg256 "$c" 1
       else
-        skip "second server did not become ready"
+        skip "second server did not become ready (see serve2.log)"
+        tail -n 5 "$RESULTS/serve2.log"
       fi
       kill -TERM "$pid2" 2>/dev/null
     else
