@@ -106,6 +106,15 @@ async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None
     raise AssertionError("service never became ready")
 
 
+async def until(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` on the running loop until it holds; fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 def make_client(model_dir: Path) -> AppFactory:
     """``async with make_client(**settings) as client`` — a started, warm app (unless

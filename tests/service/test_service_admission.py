@@ -19,17 +19,9 @@ from rdad.service.errors import BadImageError, QueueFullError, RequestTimeoutErr
 from rdad.service.pipeline import decode_uploads
 from rdad.service.resources import MIB, default_pixel_budget, memory_limit_bytes
 from rdad.service.settings import Settings
-from tests.service.conftest import multipart_file, post_scope
+from tests.service.conftest import multipart_file, post_scope, until
 
 BOUNDARY = b"rdadb"
-
-
-async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def _model(client: Any) -> Any:
@@ -273,7 +265,7 @@ async def test_overloaded_model_answers_503_at_once(make_client, images, control
         control.gate.clear()
         control.entered.clear()
         running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
-        await _until(control.entered.is_set)
+        await until(control.entered.is_set)
         loop = asyncio.get_running_loop()
         start = loop.time()
         refused = await client.post("/predict", files=images.upload(data))
@@ -395,7 +387,7 @@ async def test_a_hung_runner_turns_liveness_to_503(make_client, images, control)
         control.gate.clear()  # the next batch hangs inside the engine
         control.entered.clear()
         hung = asyncio.create_task(client.post("/predict", files=images.upload(images.png())))
-        await _until(control.entered.is_set)
+        await until(control.entered.is_set)
         await asyncio.sleep(0.4)
         stuck = await client.get("/healthz")
         oip = await client.get("/v2/health/live")

@@ -11,15 +11,7 @@ import pytest
 
 from rdad.service.batcher import Batcher
 from rdad.service.engine import InferenceOutput
-from tests.service.conftest import multipart_file, post_scope
-
-
-async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.005)
+from tests.service.conftest import multipart_file, post_scope, until
 
 
 def _batcher(client: Any) -> Any:
@@ -90,12 +82,12 @@ async def test_full_queue_answers_503_at_once(make_client, images, control) -> N
         control.gate.clear()
         control.entered.clear()
         running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
-        await _until(control.entered.is_set)  # first image is inside the engine
+        await until(control.entered.is_set)  # first image is inside the engine
         queued = [
             asyncio.create_task(client.post("/predict", files=images.upload(data)))
             for _ in range(2)
         ]
-        await _until(lambda: _batcher(client).depth == 2)
+        await until(lambda: _batcher(client).depth == 2)
         refused = await client.post("/predict", files=images.upload(data))
         assert refused.status_code == 503
         # Retry-After: the estimated drain time of the work ahead, at least RDAD_RETRY_AFTER_S.
@@ -115,9 +107,9 @@ async def test_timeout_answers_504_and_drops_unstarted_work(make_client, images,
         control.gate.clear()
         control.entered.clear()
         started = asyncio.create_task(client.post("/predict", files=images.upload(data)))
-        await _until(control.entered.is_set)
+        await until(control.entered.is_set)
         waiting = asyncio.create_task(client.post("/predict", files=images.upload(data)))
-        await _until(lambda: _batcher(client).depth == 1 or waiting.done())
+        await until(lambda: _batcher(client).depth == 1 or waiting.done())
         assert not waiting.done(), f"never queued: {waiting.result().text}"
         timed_out = await asyncio.gather(started, waiting)
         assert [r.status_code for r in timed_out] == [504, 504]
@@ -248,9 +240,9 @@ async def test_client_that_hangs_up_while_queued_leaves_no_work(
         control.gate.clear()
         control.entered.clear()
         running = asyncio.create_task(client.post("/predict", files=images.upload(data)))
-        await _until(control.entered.is_set)
+        await until(control.entered.is_set)
         leaving = asyncio.create_task(client.app(scope, receive, send))  # type: ignore[attr-defined]
-        await _until(lambda: _batcher(client).depth == 1)
+        await until(lambda: _batcher(client).depth == 1)
         hang_up.set()
         done, _ = await asyncio.wait({leaving}, timeout=5)  # no cancel from here: it must end
         assert leaving in done and leaving.exception() is None
