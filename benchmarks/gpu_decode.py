@@ -1,5 +1,5 @@
 """Decode rates for ``benchmarks/gpu_check.sh``: the service's own upload decoder
-(:func:`rdad.service.imaging.decode_upload`) on one core, on a thread pool of every core (the
+(:func:`rdad.service.decode.decode_whole`) on one core, on a thread pool of every core (the
 service's CPU pool), on a process pool (does the GIL show up?), with and without the reduced-size
 JPEG decode, and through nvImageCodec on the GPU when it is installed.
 
@@ -55,9 +55,10 @@ def make_images(out: Path, count: int) -> dict[str, list[bytes]]:
 
 
 def _decode(data: bytes) -> int:
-    from rdad.service.imaging import decode_upload
+    from rdad.service.decode import decode_whole, read_header
 
-    return decode_upload(data, model_size=MODEL_SIZE, max_pixels=40_000_000).model_input.shape[0]
+    header = read_header(data, max_pixels=40_000_000)
+    return decode_whole(data, header, model_size=MODEL_SIZE, overlay_max_side=None).inputs.shape[1]
 
 
 def _decode_full(data: bytes) -> int:

@@ -37,7 +37,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def colorize(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
-    """The service's heatmap colours (rdad.service.imaging.colorize; not imported, so this
+    """The service's heatmap colours (rdad.service.render.colorize; not imported, so this
     script runs where FastAPI is not installed): the pixel threshold is mid-scale."""
     levels = np.clip(anomaly_map * (255.0 / (2.0 * pixel_threshold)), 0, 255).astype(np.uint8)
     return cv2.applyColorMap(levels, cv2.COLORMAP_JET)

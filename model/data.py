@@ -9,15 +9,18 @@ most of the run. Unreadable files are reported by name and skipped; they never c
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from rdad.imaging import ImageDecodeError, load_image, resize_rgb
+
+from .synthetic import good_part
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +155,14 @@ def split_holdout(
     holdout = sorted(paths[i] for i in order[:n_holdout])
     train = sorted(paths[i] for i in order[n_holdout:])
     return train, holdout
+
+
+def parity_images(ckpt: Mapping[str, Any], image_size: int, count: int = 4) -> np.ndarray:
+    """uint8 ``(count, S, S, 3)``: the run's held-out training images if still readable (the
+    export's and the int8 check's parity images), else synthetic good parts."""
+    held = [Path(p) for p in ckpt.get("data_summary", {}).get("holdout", [])][:count]
+    loaded = load_images(held, image_size).images if held else np.zeros((0,))
+    if len(loaded) >= 2:
+        return loaded
+    rng = np.random.default_rng(0)
+    return np.stack([good_part(rng, image_size) for _ in range(count)])

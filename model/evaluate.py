@@ -139,6 +139,8 @@ def evaluate(
         image_size=model.image_size,
         tiling=model.tiling,
         grid=grid,
+        calibration=model.calibration,
+        batch_size=batch_size,
     )
     by_path = {s.path: s for s in samples}
     kept = [by_path[p] for p in scored.paths]

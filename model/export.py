@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -35,10 +36,9 @@ from rdad.cuda_libraries import preload_for_onnxruntime
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
 
 from .checkpoint import TrainConfig, checkpoint_calibration, load_model, predict
-from .data import load_images
+from .data import parity_images
 from .network import ReverseDistillation
 from .quantize import DEFAULT_CALIBRATION_COUNT, plan_int8, write_int8
-from .synthetic import good_part
 from .tiles import config_tiling
 
 log = logging.getLogger(__name__)
@@ -119,16 +119,6 @@ def map_tail_problems(proto: onnx.ModelProto) -> list[str]:
                     f"{node.op_type} {node.name}: {onnx.TensorProto.DataType.Name(kind)}"
                 )
     return problems
-
-
-def parity_images(ckpt: dict[str, Any], image_size: int, count: int = 4) -> np.ndarray:
-    """uint8 ``(count, S, S, 3)``: held-out training images if readable, else synthetic parts."""
-    held = [Path(p) for p in ckpt.get("data_summary", {}).get("holdout", [])][:count]
-    loaded = load_images(held, image_size).images if held else np.zeros((0,))
-    if len(loaded) >= 2:
-        return loaded
-    rng = np.random.default_rng(0)
-    return np.stack([good_part(rng, image_size) for _ in range(count)])
 
 
 def parity_providers(available: list[str], gpu_usable: bool) -> list[str]:
@@ -265,8 +255,20 @@ def export_onnx(
             )
         if int8_plan is not None:
             tmp_path = write_int8(tmp_path, int8_plan)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # shutil.move, not Path.replace: the temp dir may be on another filesystem.
-        shutil.move(tmp_path, out)
+        write_atomically(tmp_path, out)
     print(f"wrote {out}")
     return out
+
+
+def write_atomically(source: Path, out: Path) -> None:
+    """Copy ``source`` to ``out`` so that ``out`` is never seen half-written: the bytes go to a
+    hidden temporary name in ``out``'s own folder (which no model folder scan picks up: it does
+    not end in ``.onnx``), then one rename on that filesystem puts them in place. A service
+    watching the folder sees the old file or the new one, never a mix."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ import onnx
 
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 
-from .data import load_images
+from .data import load_images, parity_images
 from .synthetic import DEFECTS, add_defect
 
 log = logging.getLogger(__name__)
@@ -221,8 +221,6 @@ def plan_int8(
 ) -> Int8Plan:
     """Pick calibration images from ``folder`` and parity images from the run's held-out set
     (never the same files); synthetic good parts when the held-out files are gone."""
-    from .export import parity_images
-
     if count < 1:
         raise QuantizationError(f"calibration count must be ≥ 1, got {count}")
     summary = ckpt.get("data_summary") or {}

@@ -1,8 +1,10 @@
 """Scoring a list of image files with a loaded model, whole-image or tiled, for ``rdad eval``.
 
-Whole-image models see each image resized to their input (``rdad.imaging.resize_rgb``, as the
-service does). Tiled models see each image decoded at full resolution, cut, run and stitched by
-:mod:`rdad.tiling` (as the service does); the image score is the max of the stitched map.
+Through the service's own scoring flow (:class:`rdad.service.scoring.Scorer`, no web framework
+and no torch in it): the same decoding, tiling, stitching and scores as ``POST /predict``, with
+batches run in this thread by ``predict`` (an ONNX Runtime or OpenVINO session, or a checkpoint
+through torch). A file the service would refuse (unreadable, over the pixel limit) is skipped and
+reported.
 
 Pixel metrics need one grid for every image: maps are brought to ``grid`` × ``grid`` (area
 interpolation when shrinking, bilinear when enlarging) — the same grid the ground-truth masks are
@@ -12,7 +14,6 @@ resized to. Image scores are taken before that resize, on the model's own map.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rdad.imaging import ImageDecodeError, load_image
-from rdad.tiling import Tiling, run_tiled
-
-from .data import load_images
+from rdad.metadata import Calibration
+from rdad.service.errors import ServiceError
+from rdad.service.local import DirectInference, InlineWorkers, score_now
+from rdad.service.plan import Layout
+from rdad.service.render import OutputOptions
+from rdad.service.resources import DEFAULT_MAX_PIXELS
+from rdad.service.scoring import Scorer, ScoringModel
+from rdad.tiling import Tiling
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+FILES_PER_CALL = 32
+"""Files handed to the flow at once: their model inputs (or tiles) are held together."""
+NO_PICTURES = OutputOptions(heatmap=False)
 
 
 @dataclass
@@ -38,7 +46,7 @@ class ScoredImages:
     scores: np.ndarray
     """float32 ``(N,)``."""
     seconds: float
-    """Time spent in inference (and, for tiled models, tiling and stitching)."""
+    """Time spent in inference."""
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -58,32 +66,36 @@ def score_images(
     image_size: int,
     tiling: Tiling | None,
     grid: int,
+    calibration: Calibration | None = None,
+    batch_size: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ScoredImages:
     """Score every readable file of ``paths``; unreadable ones are reported and skipped."""
-    if tiling is None:
-        loaded = load_images(paths, image_size)
-        t0 = time.perf_counter()
-        maps, scores = predict(loaded.images)
-        seconds = time.perf_counter() - t0
-        if grid != image_size:
-            maps = np.stack([to_grid(m, grid) for m in maps]) if len(maps) else maps
-        return ScoredImages(loaded.paths, maps, scores, seconds, loaded.skipped)
-
+    inference = DirectInference(predict, batch_size)
+    model = ScoringModel("eval", "", Layout(image_size, tiling), calibration, max_pixels)
+    scorer = Scorer(model, inference, InlineWorkers())
     kept: list[Path] = []
-    grids, scores_list, skipped = [], [], []
-    seconds = 0.0
-    for path in paths:
-        try:
-            image = load_image(path)  # full resolution: tiles are cut at native scale
-        except ImageDecodeError as exc:
-            skipped.append((Path(path), str(exc)))
-            log.warning("skipping unreadable image %s: %s", path, exc)
-            continue
-        t0 = time.perf_counter()
-        stitched, score = run_tiled(image, tiling, predict)
-        seconds += time.perf_counter() - t0
-        kept.append(Path(path))
-        grids.append(to_grid(stitched, grid))
-        scores_list.append(score)
-    maps = np.stack(grids) if grids else np.zeros((0, grid, grid), np.float32)
-    return ScoredImages(kept, maps, np.asarray(scores_list, np.float32), seconds, skipped)
+    maps: list[np.ndarray] = []
+    scores: list[float] = []
+    skipped: list[tuple[Path, str]] = []
+    for start in range(0, len(paths), FILES_PER_CALL):
+        files: list[tuple[Path, bytes]] = []
+        for path in map(Path, paths[start : start + FILES_PER_CALL]):
+            try:
+                files.append((path, path.read_bytes()))
+            except OSError as exc:
+                skipped.append((path, f"cannot read file: {exc.strerror or exc}"))
+        named = [(str(path), data) for path, data in files]
+        for (path, _), result in zip(
+            files, score_now(scorer, named, NO_PICTURES, keep_maps=True), strict=True
+        ):
+            if isinstance(result, ServiceError):
+                skipped.append((path, result.detail))
+                log.warning("skipping unreadable image %s: %s", path, result.detail)
+                continue
+            assert result.anomaly_map is not None  # asked for with keep_maps
+            kept.append(path)
+            maps.append(to_grid(result.anomaly_map, grid))
+            scores.append(result.score)
+    stacked = np.stack(maps) if maps else np.zeros((0, grid, grid), np.float32)
+    return ScoredImages(kept, stacked, np.asarray(scores, np.float32), inference.busy_s, skipped)

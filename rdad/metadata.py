@@ -114,17 +114,20 @@ class ModelMetadata:
         return cls.from_json(props[METADATA_KEY])
 
 
-def read_onnx_metadata(path: str | Path) -> ModelMetadata:
-    """Read the metadata of an ONNX file with ONNX Runtime (no torch, no onnx package needed)."""
+def read_onnx_metadata(source: str | Path | bytes) -> ModelMetadata:
+    """Read the metadata of an ONNX file — a path, or the file's bytes already read — with ONNX
+    Runtime (no torch, no onnx package needed)."""
     import onnxruntime as ort  # local import: keep `import rdad.metadata` cheap
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model not found: {path}")
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise FileNotFoundError(f"model not found: {source}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    model = source if isinstance(source, bytes) else str(source)
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MetadataError(f"{path} is not a readable ONNX model ({reason})") from None
+        what = "the file" if isinstance(source, bytes) else str(source)
+        raise MetadataError(f"{what} is not a readable ONNX model ({reason})") from None
     return ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))

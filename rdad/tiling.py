@@ -163,12 +163,15 @@ def stitch(maps: np.ndarray, grid: TileGrid, rule: str = "mean") -> np.ndarray:
         return out
     if rule != "mean":
         raise ValueError(f"stitch rule must be one of {STITCH_RULES}, got {rule!r}")
-    total = np.zeros((grid.height, grid.width), np.float64)
-    count = np.zeros((grid.height, grid.width), np.float64)
+    # float32 sums (4 bytes a pixel each, divided in place): stitched maps of large images are
+    # held in the service's memory budget, and a float64 pair would be four times that.
+    total = np.zeros((grid.height, grid.width), np.float32)
+    count = np.zeros((grid.height, grid.width), np.float32)
     for (y, x), tile_map in zip(grid.positions, maps, strict=True):
         total[y : y + t, x : x + t] += tile_map
         count[y : y + t, x : x + t] += 1.0
-    return (total / count).astype(np.float32)
+    total /= count
+    return total
 
 
 def image_score(stitched: np.ndarray) -> float:

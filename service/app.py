@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds an app and does no work: models load (and a broken model folder
 fails the start) and warm up in the lifespan. Run it with one uvicorn worker per GPU
-(``rdad serve``); concurrency comes from the batcher, see :mod:`rdad.service.batcher`.
+(``rdad serve``, with the connection limits of :mod:`service.server`); concurrency comes from the
+batcher, see :mod:`rdad.service.batcher`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from fastapi_offline import FastAPIOffline
 
 from rdad import __version__
 
-from .errors import install_error_handlers
+from .http_errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import (
     ApiKeyGateMiddleware,
+    BodyLimitMiddleware,
     HeaderLimitMiddleware,
     RequestMetricsMiddleware,
-    UploadLimitMiddleware,
 )
 from .routes import health, metrics, models, predict, ui
 from .runtime import RunnerHook, ServiceRuntime
@@ -66,7 +67,12 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        timeout_s=settings.read_timeout_s,
+        min_rate=settings.min_upload_rate_bytes_s,
+    )
     app.add_middleware(ApiKeyGateMiddleware, api_key=settings.api_key)  # before any body read
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s

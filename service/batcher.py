@@ -15,10 +15,16 @@ A batch leaves from whichever step makes it ready — the request that queued it
 of the previous batch, or the collector task's timer for the delay — so no extra turn of a busy
 event loop sits between "ready" and "running".
 
-Failure isolation. A full queue answers at once (503 + Retry-After) instead of queueing work that
-would time out; a request past its deadline is taken out of the queue if its batch has not started
-(504), and so is one that would time out before its batch could finish, judged by the last batch's
-duration (504 at once, no compute spent); an exception in the runner fails that batch only.
+Failure isolation. How many images may be in flight is admission's decision
+(:mod:`service.admission`), taken before any work; the batcher owns what is queued and running. A
+request past its deadline is taken out of the queue if its batch has not started (504), and so is
+one that would time out before its batch could finish, judged by the measured time of a batch of
+that size (504 at once, no compute spent); an exception in the runner fails that batch only.
+
+State. Everything here is owned by the batcher and changed only by its own methods on the event
+loop: the queue, the images announced as on their way (:meth:`Batcher.expecting`), the batches in
+flight (read by admission and the watchdog through :meth:`Batcher.running`) and the
+:class:`~service.latency.LatencyModel` it records every batch into.
 """
 
 from __future__ import annotations
@@ -28,31 +34,36 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from .admission import ModelAdmission
-from .engine import InferenceOutput
-from .errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
+from .errors import InferenceError, NotReadyError, RequestTimeoutError
+from .latency import LatencyModel
 from .metrics import ModelMetrics
+from .scoring import ItemResult, Runner
 
 log = logging.getLogger("rdad.service.batcher")
 
-Runner = Callable[[np.ndarray], InferenceOutput]
-"""Runs a batch: uint8 ``(B, H, W, 3)`` → maps ``(B, H, W)`` and scores ``(B,)``."""
-
 
 @dataclass(frozen=True)
-class ItemResult:
-    anomaly_map: np.ndarray
-    """float32 ``(H, W)`` at the model's resolution."""
-    score: float
-    queue_s: float
-    inference_s: float
-    batch_size: int
+class RunningWork:
+    """What the model is running now: admission's wait estimate and the watchdog read it."""
+
+    since: float | None
+    """``loop.time()`` when the oldest batch in flight started (``None``: nothing runs)."""
+    images: int
+    """Images in the batches in flight."""
+
+
+class Arrival:
+    """Images announced to a batcher as on their way (being decoded): see
+    :meth:`Batcher.expecting`. Only the batcher changes ``pending``."""
+
+    def __init__(self, count: int) -> None:
+        self.pending = count
 
 
 @dataclass(eq=False)
@@ -75,11 +86,9 @@ class Batcher:
         *,
         max_batch_size: int,
         max_delay_s: float,
-        max_queue: int,
         early_close: bool = True,
         retry_after_s: int = 1,
         metrics: ModelMetrics | None = None,
-        admission: ModelAdmission | None = None,
         max_inflight: int = 1,
     ) -> None:
         self.name = name
@@ -87,20 +96,17 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.early_close = early_close
-        self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.metrics = metrics
-        # Latency per batch size and the running batch, shared with admission and the watchdog.
-        self.admission = admission or ModelAdmission(
-            name, max_batch_size=max_batch_size, max_queue=max_queue, retry_after_s=retry_after_s
-        )
+        self.latency = LatencyModel()
+        """Seconds per batch size, recorded from every batch run here (and from warm-up)."""
         # One thread per in-flight batch: on CPU one (an ORT session already uses every core);
         # on a GPU two, so stacking and uploading batch k+1 overlaps the device running batch k.
         # Warm-up runs on these threads too, before any request.
         self.max_inflight = max_inflight
         self.executor = ThreadPoolExecutor(max_inflight, thread_name_prefix=f"rdad-infer-{name}")
         self._pending: deque[_Item] = deque()
-        self._incoming = 0  # images of requests still decoding (see `incoming`)
+        self._incoming = 0  # images announced as being decoded (see `expecting`)
         self._wakeup = asyncio.Event()
         self._running_batches: dict[int, tuple[float, int]] = {}
         """The batches in flight: ``id(batch)`` → (started, size)."""
@@ -111,6 +117,14 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    def running(self) -> RunningWork:
+        """The batches in flight as one: the oldest one's start and every running image (two
+        batches may be in flight on a GPU)."""
+        batches = self._running_batches.values()
+        if not batches:
+            return RunningWork(None, 0)
+        return RunningWork(min(t for t, _ in batches), sum(n for _, n in batches))
 
     def collector_failure(self) -> str | None:
         """Why the collector task is not running (``None`` while it runs, or after close)."""
@@ -123,39 +137,46 @@ class Batcher:
         return f"the batch collector of model '{self.name}' died: {error!r}"[:300]
 
     @contextlib.contextmanager
-    def incoming(self, count: int) -> Iterator[None]:
-        """Announce ``count`` images that are being decoded and will be submitted next.
-
-        A synchronous context manager on purpose: leaving it and the following :meth:`infer`
-        call happen without an ``await`` in between, so the collector never sees the images as
-        neither announced nor queued.
-        """
+    def expecting(self, count: int) -> Iterator[Arrival]:
+        """Announce ``count`` images that are being decoded: while any image is announced, a
+        batch waits its window for them instead of closing early. Pass the :class:`Arrival` to
+        :meth:`infer`, which takes the images off the announcement and queues them in one step
+        (so the collector never sees them as neither announced nor queued); leaving the block
+        withdraws whatever was not submitted (a failed decode, a cancelled request)."""
+        arrival = Arrival(count)
         self._incoming += count
         try:
-            yield
+            yield arrival
         finally:
-            self._incoming -= count
+            self._incoming -= arrival.pending
+            arrival.pending = 0
             self._wakeup.set()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._collect(), name=f"rdad-batcher-{self.name}")
 
-    async def infer(self, images: Sequence[np.ndarray], *, deadline: float) -> list[ItemResult]:
+    async def infer(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        deadline: float,
+        arrival: Arrival | None = None,
+    ) -> list[ItemResult]:
         """Score ``images`` (each uint8 ``(H, W, 3)``) before ``deadline`` (``loop.time()`` clock).
 
-        All or nothing: the request is refused whole if its images do not fit in the queue.
+        ``arrival``: the announcement (:meth:`expecting`) these images were part of; they leave
+        it as they are queued, in the same step. How many images may be queued is admission's
+        decision, taken before the request did any work.
         """
         if self._closed:
             raise NotReadyError("the service is shutting down", retry_after_s=self.retry_after_s)
-        if len(self._pending) + len(images) > self.max_queue:
-            raise QueueFullError(
-                f"model '{self.name}' has {len(self._pending)} images queued (limit "
-                f"{self.max_queue}); retry later",
-                retry_after_s=self.retry_after_s,
-            )
         loop = asyncio.get_running_loop()
         now = loop.time()
         items = [_Item(img, loop.create_future(), now, deadline) for img in images]
+        if arrival is not None:
+            taken = min(arrival.pending, len(items))
+            arrival.pending -= taken
+            self._incoming -= taken
         self._pending.extend(items)
         self._update_depth()
         # Launch here rather than through the collector task: under a burst, every extra turn
@@ -227,7 +248,7 @@ class Batcher:
         # overload, compute goes to requests that can still be answered.
         loop = asyncio.get_running_loop()
         now = loop.time()
-        expected = self.admission.latency.expected(min(len(self._pending), self.max_batch_size))
+        expected = self.latency.expected(min(len(self._pending), self.max_batch_size))
         batch: list[_Item] = []
         while self._pending and len(batch) < self.max_batch_size:
             item = self._pending.popleft()
@@ -243,43 +264,31 @@ class Batcher:
         if not batch:
             return
         self._running_batches[id(batch)] = (now, len(batch))
-        self._sync_admission()
         # Submitted now, not from the task's first step (one loop turn later).
         job = loop.run_in_executor(self.executor, self._run_sync, [item.image for item in batch])
         self._batch_tasks.add(asyncio.create_task(self._finish(batch, job, started=now)))
 
-    def _run_sync(self, images: list[np.ndarray]) -> tuple[InferenceOutput, float]:
+    def _run_sync(self, images: list[np.ndarray]) -> tuple[tuple[np.ndarray, np.ndarray], float]:
         stacked = np.stack(images)
         start = time.perf_counter()
-        out = self.runner(stacked)
+        maps, scores = self.runner(stacked)
         elapsed = time.perf_counter() - start
         n = len(images)
-        if out.anomaly_map.shape[0] != n or out.score.shape[0] != n:
-            raise RuntimeError(f"runner returned {out.score.shape[0]} results for {n} images")
-        return out, elapsed
-
-    def _sync_admission(self) -> None:
-        # Admission and the watchdog see one "running batch": the oldest one's start and every
-        # running image (two batches may be in flight on a GPU).
-        admission = self.admission
-        if self._running_batches:
-            admission.running_since = min(t for t, _ in self._running_batches.values())
-            admission.running_size = sum(n for _, n in self._running_batches.values())
-        else:
-            admission.running_since, admission.running_size = None, 0
+        if maps.shape[0] != n or scores.shape[0] != n:
+            raise RuntimeError(f"runner returned {scores.shape[0]} results for {n} images")
+        return (maps, scores), elapsed
 
     async def _finish(
         self,
         batch: list[_Item],
-        job: asyncio.Future[tuple[InferenceOutput, float]],
+        job: asyncio.Future[tuple[tuple[np.ndarray, np.ndarray], float]],
         *,
         started: float,
     ) -> None:
         """Wait for a launched batch and hand each image its result (or the batch's error)."""
         loop = asyncio.get_running_loop()
-        admission = self.admission
         try:
-            out, inference_s = await job
+            (maps, scores), inference_s = await job
         except Exception as exc:
             log.error(
                 "model %s: inference failed for a batch of %d", self.name, len(batch), exc_info=exc
@@ -293,7 +302,7 @@ class Batcher:
                 if not item.abandoned and not item.future.done():
                     item.future.set_exception(error)
         else:
-            admission.latency.record(len(batch), loop.time() - started)
+            self.latency.record(len(batch), loop.time() - started)
             if self.metrics:
                 self.metrics.inference.observe(inference_s)
                 self.metrics.batch_size.observe(len(batch))
@@ -302,16 +311,13 @@ class Batcher:
                 if self.metrics:
                     self.metrics.queue_wait.observe(queue_s)
                 if not item.future.done():
-                    result = ItemResult(
-                        out.anomaly_map[k], float(out.score[k]), queue_s, inference_s, len(batch)
-                    )
+                    result = ItemResult(maps[k], float(scores[k]), queue_s, inference_s, len(batch))
                     item.future.set_result(result)
         finally:
             self._running_batches.pop(id(batch), None)
             task = asyncio.current_task()
             if task is not None:
                 self._batch_tasks.discard(task)
-            self._sync_admission()
             self._launch_ready()
             self._wakeup.set()
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from .errors import UnauthorizedError
+from .errors import ForbiddenError, UnauthorizedError
 from .runtime import ServiceRuntime
 
 # Dependencies are async on purpose: FastAPI runs sync ones in a thread pool, a needless hop here.
@@ -62,3 +62,29 @@ async def require_key_for_metrics(runtime: RuntimeDep, credentials: Credentials)
     """``/metrics``: open unless ``RDAD_AUTH_METRICS`` is true."""
     if runtime.settings.auth_metrics:
         _check(runtime, credentials)
+
+
+def _is_cross_site(request: Request) -> bool:
+    """A browser's cross-site request: ``Sec-Fetch-Site`` says so, or ``Origin`` names another
+    host than the one addressed (browsers send ``Origin`` on every cross-origin POST)."""
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1].rstrip("/").lower() != host.lower()
+
+
+async def require_model_changes_allowed(request: Request, runtime: RuntimeDep) -> None:
+    """Routes that change what is served (``POST /models/{name}/reload``): never from another
+    site's page, and with no API key set only when ``RDAD_RELOAD_WITHOUT_KEY`` allows it (the
+    key itself is checked by :func:`require_api_key` and the gate middleware)."""
+    if _is_cross_site(request):
+        raise ForbiddenError("cross-site requests may not change the served models")
+    settings = runtime.settings
+    if settings.api_key is None and not settings.reload_without_key:
+        raise ForbiddenError(
+            "reloading models is off while no API key is set: set RDAD_API_KEY and send it, "
+            "or set RDAD_RELOAD_WITHOUT_KEY=true on a trusted network"
+        )

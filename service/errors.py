@@ -1,24 +1,14 @@
-"""Domain errors and their HTTP mapping: the one place where a failure becomes a status code.
+"""Domain errors and their HTTP status: the one place where a failure gets its status code.
 
-Engine, batcher and imaging code raise the plain exceptions below (no HTTP in them); the
-handlers installed by :func:`install_error_handlers` turn each into
-``{"error": CODE, "detail": TEXT}`` with the status from :data:`_HTTP_STATUS`. Unknown
-exceptions become a bare 500: no stack trace, no paths.
+Engine, batcher, scoring and imaging code raise the plain exceptions below (no HTTP in them, and
+no web framework imported: ``rdad eval`` and ``rdad predict --model`` raise them too);
+:mod:`service.http_errors` turns each into ``{"error": CODE, "detail": TEXT}`` with the status from
+:data:`HTTP_STATUS`.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from rdad.imaging import ImageDecodeError
-
-log = logging.getLogger("rdad.service")
 
 
 class ServiceError(Exception):
@@ -63,8 +53,18 @@ class UnauthorizedError(ServiceError):
     code = "unauthorized"
 
 
+class ForbiddenError(ServiceError):
+    code = "forbidden"
+
+
 class QueueFullError(ServiceError):
     code = "queue_full"
+
+
+class OverloadedError(QueueFullError):
+    """The request would not finish before its deadline: refused before any work (503)."""
+
+    code = "overloaded"
 
 
 class NotReadyError(ServiceError):
@@ -73,6 +73,12 @@ class NotReadyError(ServiceError):
 
 class RequestTimeoutError(ServiceError):
     code = "timeout"
+
+
+class UploadTimeoutError(ServiceError):
+    """The client did not send its request (headers or body) in time: cut off (408)."""
+
+    code = "upload_timeout"
 
 
 class InferenceError(ServiceError):
@@ -85,11 +91,13 @@ class ClientDisconnectedError(ServiceError):
     code = "client_closed_request"
 
 
-_HTTP_STATUS: dict[type[Exception], int] = {
+HTTP_STATUS: dict[type[Exception], int] = {
     BadImageError: 400,
     ImageDecodeError: 400,
     UnauthorizedError: 401,
+    ForbiddenError: 403,
     ModelNotFoundError: 404,
+    UploadTimeoutError: 408,
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     InvalidRequestError: 422,
@@ -104,56 +112,6 @@ _HTTP_STATUS: dict[type[Exception], int] = {
 
 def status_for(exc: Exception) -> int:
     for cls in type(exc).__mro__:
-        if cls in _HTTP_STATUS:
-            return _HTTP_STATUS[cls]
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
     return 500
-
-
-def error_response(
-    status: int, error: str, detail: Any, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
-
-
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    status = status_for(exc)
-    if isinstance(exc, ServiceError):
-        headers: dict[str, str] = {}
-        if exc.retry_after_s is not None:
-            headers["Retry-After"] = str(exc.retry_after_s)
-        if isinstance(exc, UnauthorizedError):
-            headers["WWW-Authenticate"] = "Bearer"
-        return error_response(status, exc.code, exc.detail, headers or None)
-    # ImageDecodeError carries a fixed, path-free message from rdad.imaging.
-    return error_response(status, "bad_image", str(exc))
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-        exc.status_code, "http_error"
-    )
-    return error_response(exc.status_code, code, exc.detail, dict(exc.headers or {}) or None)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    # Only where and what: the offending input is not echoed back (it may be a whole file).
-    detail = [
-        {"loc": [str(part) for part in err.get("loc", ())], "msg": err.get("msg", "")}
-        for err in exc.errors()
-    ]
-    return error_response(422, "validation_error", detail)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    for exc_type in (ServiceError, ImageDecodeError):
-        app.add_exception_handler(exc_type, _service_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)

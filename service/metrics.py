@@ -120,8 +120,9 @@ class Metrics:
             "rdad_shed_latency_seconds", "Arrival to a 503 refusal at admission (no work done).",
             ["model"], buckets=LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
-        self.pixel_budget_in_use = Gauge(
-            "rdad_pixel_budget_bytes_in_use", "Decoded-pixel bytes held by requests in flight.",
+        self.memory_in_use = Gauge(
+            "rdad_memory_budget_bytes_in_use",
+            "Bytes of request bodies and decoded pixels held by requests in flight.",
             registry=reg,
         )  # fmt: skip
         self.model_loads = Counter(

@@ -1,5 +1,5 @@
-"""Pure ASGI middlewares: the API-key gate, the upload size limit, and request metrics (which see
-every answer)."""
+"""Pure ASGI middlewares: the API-key gate, the upload's size limit and read deadline, and request
+metrics (which see every answer)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .deps import UNAUTHORIZED, token_is_valid
-from .errors import error_response
+from .errors import UploadTimeoutError
+from .http_errors import error_response
 from .runtime import ServiceRuntime
 
 ARRIVAL_KEY = "rdad_arrival"
@@ -28,17 +29,26 @@ class UploadTooLarge(HTTPException):
         super().__init__(413, f"request body is over the upload limit of {limit:,} bytes")
 
 
-class UploadLimitMiddleware:
-    """413 for bodies over ``max_bytes`` without ever holding them.
+class BodyLimitMiddleware:
+    """Bounds how much a request body may hold and how long it may take, without holding it.
 
-    A declared ``Content-Length`` over the limit is answered before one byte of the body is read;
-    a chunked body is counted as it streams and cut off the moment it passes the limit. (Starlette's
-    own limiter answers in plain text; this one keeps the service's JSON error format.)
+    *Size*: a declared ``Content-Length`` over ``max_bytes`` is answered 413 before one byte of
+    the body is read; a chunked body is counted as it streams and cut off the moment it passes
+    the limit. (Starlette's own limiter answers in plain text; this one keeps the JSON format.)
+
+    *Time*: from the app's first read, the body must arrive within ``timeout_s`` plus the time
+    its bytes take at ``min_rate`` bytes/s (Apache's ``mod_reqtimeout`` rule). A stalled or
+    trickling upload is cut off with 408 (:class:`UploadTimeoutError`, ``Connection: close``),
+    and everything it held — its admission slot, its memory — is given back as the error unwinds
+    the route. The clock starts at the first read, not at arrival: a request waiting for
+    admission is not the client's delay.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, min_rate: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,22 +61,41 @@ class UploadLimitMiddleware:
             await response(scope, receive, send)
             return
         received = 0
+        started: float | None = None
+        complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, started, complete
+            if complete:  # after the body: only the disconnect is left to wait for
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if started is None:
+                started = loop.time()
+            due = started + self.timeout_s + received / self.min_rate
+            try:
+                async with asyncio.timeout_at(due):
+                    message = await receive()
+            except TimeoutError:
+                raise UploadTimeoutError(
+                    f"the upload stalled: {received:,} bytes in {loop.time() - started:.1f} s "
+                    f"(at least {self.min_rate / 1024:g} KiB/s after the first "
+                    f"{self.timeout_s:g} s); send it again"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise UploadTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
 MAX_HEADER_BYTES = 64 * 1024
-"""All request headers together. httptools (uvicorn[standard]) sets no limit of its own, so a
-client could make every request carry megabytes of headers; real clients send well under 8 KiB."""
+"""All request headers together; real clients send well under 8 KiB. The server's protocol
+(:mod:`service.server`) closes a connection whose headers pass it before they are even complete
+(httptools, uvicorn's default parser, would buffer them without end); this middleware answers
+complete ones over it."""
 
 
 class HeaderLimitMiddleware:

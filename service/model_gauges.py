@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from .metrics import Metrics
-from .served import ModelState, PendingModel, ServedModel
+from .model_version import ModelState, PendingModel, ServedModel
 
 
 class ModelStateGauges:

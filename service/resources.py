@@ -1,5 +1,5 @@
 """How much memory this process may use: the cgroup limit (a Kubernetes pod, a Docker
-``--memory``), else the machine's RAM. The decoded-pixel budget's default is derived from it."""
+``--memory``), else the machine's RAM. The memory budget's default is derived from it."""
 
 from __future__ import annotations
 
@@ -35,15 +35,28 @@ def memory_limit_bytes(cgroup_files: tuple[Path, ...] = _CGROUP_FILES) -> int | 
     return physical
 
 
-def default_pixel_budget(
-    max_pixels: int, limit_bytes: int | None, *, bytes_per_pixel: int = 5
-) -> int:
-    """Bytes of decoded pixels allowed in flight, when ``RDAD_PIXEL_BUDGET_MB`` is not set.
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Pixels one image may have (from its header), unless ``RDAD_MAX_PIXELS`` says otherwise."""
 
-    A sixteenth of the memory limit, at most 256 MiB (the rest is the model, ONNX Runtime's
-    arena, the uploads and the Python heap), but never less than one image at the pixel limit,
-    which must always be decodable. With no known limit: 256 MiB.
+DECODE_BYTES_PER_PIXEL = 5
+"""A decode's peak per decoded pixel: 3 bytes of RGB plus what libpng/libjpeg and the resize hold
+alongside (measured: a 6000×6500 PNG raises the peak RSS by ~4.2 bytes per pixel)."""
+
+
+def pixel_reserve(max_pixels: int) -> int:
+    """Bytes one image at the pixel limit needs to be decoded: always available to pixels."""
+    return DECODE_BYTES_PER_PIXEL * max_pixels
+
+
+def default_memory_budget(max_pixels: int, max_upload_bytes: int, limit_bytes: int | None) -> int:
+    """Bytes of request bodies and decoded pixels allowed in flight, when
+    ``RDAD_MEMORY_BUDGET_MB`` is not set.
+
+    A sixteenth of the memory limit, at most 256 MiB (the rest is the model, the runtime's
+    arena, the answers being sent and the Python heap), but never less than one image at the
+    pixel limit being decoded while one upload at the size limit is received: both must always
+    be possible. With no known limit: 256 MiB.
     """
-    one_image = max_pixels * bytes_per_pixel
+    floor = pixel_reserve(max_pixels) + max_upload_bytes
     share = 256 * MIB if limit_bytes is None else min(limit_bytes // 16, 256 * MIB)
-    return max(share, one_image)
+    return max(share, floor)

@@ -1,4 +1,5 @@
-"""The running service: the model repository, the CPU pool, readiness and draining.
+"""The running service: the model repository, the CPU pools and memory budget every version's
+scoring runs in, readiness and draining.
 
 Lifecycle (driven by the app's lifespan): :meth:`ServiceRuntime.start` loads every model in the
 folder (:mod:`service.repository`: broken files are listed as failed, the others serve), then
@@ -18,25 +19,45 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import TypeVar
 
-from .admission import PixelBudget
-from .batcher import Runner
-from .engines import InferenceEngine
+from .engine import InferenceEngine
 from .errors import ModelNotFoundError, NotReadyError
 from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
+from .memory import MemoryBudget
 from .metrics import Metrics
-from .repository import ModelRepository
-from .served import ModelState, ServedModel
+from .model_repository import ModelRepository
+from .model_version import ModelState, ScoringPlaces, ServedModel, open_served_model
+from .scoring import Runner, timed
 from .settings import Settings
 from .threads import budget_cpu_threads
 
 log = logging.getLogger("rdad.service")
 
+T = TypeVar("T")
+
 RunnerHook = Callable[[str, Runner], Runner]
 """Wraps a model's runner (``name, engine.run`` → runner); tests use it to inject slow or failing
 inference around the real engine."""
 
-__all__ = ["ModelState", "RunnerHook", "ServedModel", "ServiceRuntime"]
+__all__ = ["ModelState", "PoolWorkers", "RunnerHook", "ServedModel", "ServiceRuntime"]
+
+
+class PoolWorkers:
+    """CPU work of the scoring flow in the service's pools: threads (OpenCV releases the GIL),
+    and decodes in processes when ``RDAD_DECODE_PROCESSES`` is set."""
+
+    def __init__(self, threads: Executor, decodes: Executor | None = None) -> None:
+        self._threads = threads
+        self._decodes = decodes or threads
+
+    async def run(self, fn: Callable[[], T]) -> tuple[T, float]:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, timed, fn)
+
+    async def decode(self, fn: Callable[[], T]) -> tuple[T, float]:
+        # Processes: small JPEGs hit the GIL in threads. The work travels pickled: a partial of
+        # a top-level function, no decoder object in it.
+        return await asyncio.get_running_loop().run_in_executor(self._decodes, timed, fn)
 
 
 class ServiceRuntime:
@@ -45,7 +66,7 @@ class ServiceRuntime:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.repository = ModelRepository(settings, metrics, self._make_runner)
+        self.repository = ModelRepository(settings, metrics, self.open_version)
         self.models = self.repository.models
         """The serving version of each model (the repository's dict; failed and loading files
         are in ``repository.pending``, old versions in ``repository.draining``)."""
@@ -55,16 +76,22 @@ class ServiceRuntime:
         """Process pool for decoding (``decode_processes`` > 0), started in :meth:`start`."""
         self.jpeg_decoder: JpegDecoder | None = None
         """GPU JPEG decoder when ``gpu_decode`` is on and nvImageCodec works here."""
-        self.pixel_budget = PixelBudget(
-            settings.pixel_budget_bytes,
-            on_change=metrics.pixel_budget_in_use.set,
+        self.memory = MemoryBudget(
+            settings.memory_budget_bytes,
+            pixel_reserve=settings.pixel_reserve_bytes,
+            on_change=metrics.memory_in_use.set,
             workers=settings.decode_processes or settings.cpu_worker_count,
         )
         self._runner_hook = runner_hook
         self._drain_deadline: float | None = None  # time.monotonic() by which to be gone
 
-    def _make_runner(self, name: str, engine: InferenceEngine) -> Runner:
-        return engine.run if self._runner_hook is None else self._runner_hook(name, engine.run)
+    def open_version(self, name: str, engine: InferenceEngine, file: str) -> ServedModel:
+        """A new version of ``name`` around a loaded engine, scoring in this service's pools."""
+        runner = engine.run if self._runner_hook is None else self._runner_hook(name, engine.run)
+        places = ScoringPlaces(
+            PoolWorkers(self.cpu_pool, self.decode_pool), self.memory, self.jpeg_decoder
+        )
+        return open_served_model(name, engine, runner, self.settings, self.metrics, places, file)
 
     @property
     def default_model(self) -> str | None:

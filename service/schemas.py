@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from .scoring import Scored
 
 
 class ModelRef(BaseModel):
@@ -56,6 +60,40 @@ class PredictionResult(BaseModel):
     timings_ms: Timings
 
 
+def _b64(png: bytes | None) -> str | None:
+    return None if png is None else base64.b64encode(png).decode("ascii")
+
+
+def prediction_result(scored: Scored, model: ModelRef) -> PredictionResult:
+    """The JSON answer for one scored file."""
+    rendered, verdict, timings = scored.rendered, scored.verdict, scored.timings
+    assert verdict is not None  # served and predicted models are calibrated
+    regions = None
+    if rendered.regions is not None:
+        regions = [Region(**vars(r)) for r in rendered.regions]
+    return PredictionResult(
+        score=scored.score,
+        normalized_score=verdict.normalized_score,
+        is_anomalous=verdict.is_anomalous,
+        threshold=verdict.threshold,
+        normalized_threshold=verdict.normalized_threshold,
+        width=scored.width,
+        height=scored.height,
+        heatmap_png=_b64(rendered.heatmap_png),
+        overlay_png=_b64(rendered.overlay_png),
+        mask_png=_b64(rendered.mask_png),
+        regions=regions,
+        filename=scored.filename or None,
+        model=model,
+        timings_ms=Timings(
+            decode=round(timings.decode_s * 1000, 3),
+            queue=round(timings.queue_s * 1000, 3),
+            inference=round(timings.inference_s * 1000, 3),
+            encode=round(timings.encode_s * 1000, 3),
+        ),
+    )
+
+
 class FileError(BaseModel):
     """One file of a multi-file request that could not be scored."""
 
@@ -92,6 +130,12 @@ class ModelInfo(BaseModel):
         default=None, description="NAME.onnx or NAME/model.onnx in the model folder"
     )
     provider: str | None = Field(description="ONNX Runtime execution provider actually in use")
+    runtime_reason: str | None = Field(
+        default=None, description="why this runtime runs the model (RDAD_RUNTIME and the rule)"
+    )
+    sha256: str | None = Field(
+        default=None, description="SHA-256 of the model file's bytes, read once at load"
+    )
     node_placement: dict[str, int] = Field(
         default_factory=dict,
         description="graph nodes per execution provider in a real run (from ONNX Runtime's "

@@ -8,20 +8,140 @@ skips the delay; a second signal skips the waiting.
 
 One worker per GPU: this runs a single process. Concurrency comes from the batcher: worker
 processes would each hold a copy of the model and a CUDA context and time-slice the device.
+
+Connection limits, set deliberately (:func:`uvicorn_config`): uvicorn itself bounds neither how
+long a client may take to send its headers nor how large they grow (httptools buffers them all).
+:class:`HeaderDeadline` does both at the protocol level — a connection whose request headers are
+not complete ``RDAD_READ_TIMEOUT_S`` after it opened (or after its previous answer) gets 408 and
+is closed; headers over :data:`MAX_HEADER_BYTES` get 431 — so an idle or slow-header connection
+never reaches the app and holds nothing but a socket. The body's own deadline is
+:class:`service.middleware.BodyLimitMiddleware`'s. Open connections are capped
+(``RDAD_MAX_CONNECTIONS``: 503 beyond), and idle keep-alive connections close after
+``RDAD_KEEP_ALIVE_S``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
 import signal
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from .middleware import MAX_HEADER_BYTES
+from .settings import Settings
 
 log = logging.getLogger("rdad.service")
+
+
+def _raw_error(status: int, reason: str, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class HeaderDeadline:
+    """Mixed into uvicorn's HTTP protocol class: a deadline and a size limit for request
+    headers (see the module docstring). A request's headers are complete when the protocol has
+    started its request cycle (``self.cycle`` changes)."""
+
+    read_timeout_s = 10.0
+    max_header_bytes = MAX_HEADER_BYTES
+    cycle: Any
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _awaiting_headers(self) -> bool:
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(self.read_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        waiting, before = self._awaiting_headers(), self.cycle
+        if waiting:
+            self._arm()
+        super().data_received(data)  # type: ignore[misc]
+        if not waiting or self.transport.is_closing():
+            return
+        if self.cycle is not before:  # headers complete: a request is on its way to the app
+            self._disarm()
+            self._header_bytes = 0
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > self.max_header_bytes:
+            self._disarm()
+            detail = f"request headers over {self.max_header_bytes:,} bytes"
+            self.transport.write(_raw_error(431, "Request Header Fields Too Large",
+                                            "headers_too_large", detail))  # fmt: skip
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        # uvicorn's keep-alive timer covers the idle wait for the next request; ours starts
+        # with its first byte (data_received).
+        self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers() and not self.transport.is_closing():
+            detail = f"the request headers did not arrive within {self.read_timeout_s:g} s"
+            self.transport.write(_raw_error(408, "Request Timeout", "upload_timeout", detail))
+            self.transport.close()
+
+
+def protocol_class(read_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with the header deadline."""
+    return type(
+        "RdadHTTPProtocol",
+        (HeaderDeadline, AutoHTTPProtocol),
+        {"read_timeout_s": read_timeout_s},
+    )
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """The server's configuration: every limit chosen here, none left to uvicorn's defaults."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        http=protocol_class(settings.read_timeout_s),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_graceful_shutdown=graceful_timeout(settings.grace_period_s, settings.drain_delay_s),
+        lifespan="on",
+        root_path=settings.root_path,  # behind a proxy prefix; the API-key gate strips it too
+    )
 
 
 class GracefulServer(uvicorn.Server):

@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .resources import MIB, default_pixel_budget, memory_limit_bytes
+from .resources import (
+    DEFAULT_MAX_PIXELS,
+    MIB,
+    default_memory_budget,
+    memory_limit_bytes,
+    pixel_reserve,
+)
 
 DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
 
@@ -52,6 +58,18 @@ class Settings(BaseSettings):
     # --- network ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    read_timeout_s: float = Field(default=10.0, gt=0.0)
+    """A request's headers must arrive within this many seconds of the connection (or of the
+    previous answer on it), and its body may take this long plus the time its bytes take at
+    ``min_upload_rate_kb_s``: a stalled or trickling upload is cut off with 408 and gives back
+    its queue slot and memory at once. The request timeout counts from the end of the upload."""
+    min_upload_rate_kb_s: float = Field(default=64.0, gt=0.0)
+    """Slowest upload kept (KiB/s, averaged): a 50 MB upload is given 10 s + ~760 s, so it passes
+    on any link faster than ~0.5 Mbit/s; one that sends slower is cut off."""
+    keep_alive_s: float = Field(default=5.0, gt=0.0)
+    """An idle keep-alive connection is closed after this many seconds."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open connections and requests in flight; beyond it uvicorn answers 503 at once."""
     root_path: str = ""
     """URL prefix the service is served under behind a proxy (``/rdad``), passed to uvicorn as
     its ``root_path``; routes, docs and the API-key gate all apply below it."""
@@ -67,8 +85,10 @@ class Settings(BaseSettings):
     join it in time), so a lone request never waits for the window."""
     max_queue: int = Field(default=256, ge=1)
     """Images in flight per model (uploading, decoding, queued or running); beyond this a request
-    gets 503 + Retry-After at once, before its body is read. Must be at least ``max_files``."""
+    gets 503 + Retry-After at once, before its body is read. Must be at least ``max_files``. A
+    request with more images than this (the tiles of a tiled model) runs in waves of this size."""
     request_timeout_s: float = Field(default=30.0, gt=0.0)
+    """Seconds from the end of a request's upload to its answer; 504 beyond."""
     retry_after_s: int = Field(default=1, ge=0)
 
     # --- ONNX Runtime -------------------------------------------------------------------------
@@ -123,13 +143,17 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=50.0, gt=0.0)
     """Whole request body; larger uploads get 413 before the body is read."""
     max_files: int = Field(default=16, ge=1)
-    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Per image, read from the header before decoding (decompression bombs)."""
     overlay_max_side: int = Field(default=1024, ge=16)
-    pixel_budget_mb: float | None = Field(default=None, gt=0.0)
-    """Decoded pixels in flight across all requests (MiB). Default: a sixteenth of the memory
-    limit (cgroup / pod limit, else RAM), at most 256 MiB, at least one image at ``max_pixels``.
-    A decode waits for room; see docs/reliability.md."""
+    original_max_side: int = Field(default=4096, ge=16)
+    """``heatmap_size=original``: heatmap and mask at the image's own size, scaled down to fit
+    this longest side (bounds the render's memory and the answer's size)."""
+    memory_budget_mb: float | None = Field(default=None, gt=0.0)
+    """Request bodies and decoded pixels (model inputs, maps, renders) in flight across all
+    requests (MiB). Default: a sixteenth of the memory limit (cgroup / pod limit, else RAM), at
+    most 256 MiB, at least one image at ``max_pixels`` being decoded (5 bytes a pixel) beside
+    one upload at ``max_upload_mb``. See docs/reliability.md."""
 
     # --- liveness -----------------------------------------------------------------------------
     stuck_batch_s: float = Field(default=60.0, gt=0.0)
@@ -138,6 +162,9 @@ class Settings(BaseSettings):
     # --- security -----------------------------------------------------------------------------
     api_key: SecretStr | None = None
     """When set, predict and model routes need ``Authorization: Bearer <key>``."""
+    reload_without_key: bool = False
+    """Allow ``POST /models/{name}/reload`` with no API key set (off: without a key the route
+    answers 403; cross-site requests are refused either way)."""
     auth_health: bool = False
     auth_metrics: bool = False
 
@@ -183,10 +210,12 @@ class Settings(BaseSettings):
                 f"max_pixels ({self.max_pixels}) is over twice Pillow's MAX_IMAGE_PIXELS "
                 f"({pillow_limit}): Pillow refuses such images before our own check"
             )
-        if self.pixel_budget_mb is not None and self.pixel_budget_bytes < 5 * self.max_pixels:
+        needed = self.pixel_reserve_bytes + self.max_upload_bytes
+        if self.memory_budget_mb is not None and self.memory_budget_bytes < needed:
             problems.append(
-                f"pixel_budget_mb ({self.pixel_budget_mb:g}) cannot hold one decoded image at "
-                f"max_pixels ({self.max_pixels}, 5 bytes per pixel)"
+                f"memory_budget_mb ({self.memory_budget_mb:g}) cannot hold one image at "
+                f"max_pixels ({self.max_pixels}) being decoded beside one upload at max_upload_mb "
+                f"({self.max_upload_mb:g}): at least {needed / MIB:.0f} MiB"
             )
         if self.drain_delay_s >= self.grace_period_s:
             problems.append(
@@ -198,10 +227,19 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def pixel_budget_bytes(self) -> int:
-        if self.pixel_budget_mb is not None:
-            return int(self.pixel_budget_mb * MIB)
-        return default_pixel_budget(self.max_pixels, memory_limit_bytes())
+    def memory_budget_bytes(self) -> int:
+        if self.memory_budget_mb is not None:
+            return int(self.memory_budget_mb * MIB)
+        return default_memory_budget(self.max_pixels, self.max_upload_bytes, memory_limit_bytes())
+
+    @property
+    def pixel_reserve_bytes(self) -> int:
+        """Memory kept free of uploads: one image at ``max_pixels`` being decoded."""
+        return pixel_reserve(self.max_pixels)
+
+    @property
+    def min_upload_rate_bytes_s(self) -> float:
+        return self.min_upload_rate_kb_s * 1024
 
     @property
     def max_upload_bytes(self) -> int:

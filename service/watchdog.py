@@ -27,15 +27,14 @@ def liveness_failures(runtime: ServiceRuntime) -> list[str]:
         dead = model.batcher.collector_failure()
         if dead is not None:
             reasons.append(dead)
-        admission = model.admission
-        since = admission.running_since
-        running_s = 0.0 if since is None else now - since
+        running = model.batcher.running()
+        running_s = 0.0 if running.since is None else now - running.since
         stuck = running_s > limit
         if stuck:
-            expected = admission.latency.expected(admission.running_size)
+            expected = model.batcher.latency.expected(running.images)
             hint = f", expected about {expected:.2f} s" if expected is not None else ""
             reasons.append(
-                f"model '{name}': a batch of {admission.running_size} has been running for "
+                f"model '{name}': a batch of {running.images} has been running for "
                 f"{running_s:.1f} s (limit {limit:g} s{hint})"
             )
         metrics.batch_running.labels(name).set(running_s)

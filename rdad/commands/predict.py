@@ -1,7 +1,7 @@
 """``rdad predict``: score image files and folders, locally or through a running service.
 
-``--model FILE.onnx`` scores in this process with the service's own engine
-(:mod:`rdad.service.offline`); otherwise images go to ``--url`` (default: the local service).
+``--model FILE.onnx`` scores in this process with the service's own engine and scoring flow
+(:mod:`rdad.service.scoring`); otherwise images go to ``--url`` (default: the local service).
 Results: one line per image on stdout (or ``--json``), and with ``--out`` a CSV, a JSON and the
 heatmap / overlay / mask PNGs per image under paths that mirror the inputs, so that two inputs
 called ``000.png`` in different folders never overwrite each other.
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         from rdad.commands.predict_sources import LocalSource
 
-        source: Any = LocalSource(args.model)
+        source: Any = LocalSource(args.model, args.batch)
     else:
         from rdad.commands.predict_sources import RemoteSource
 

@@ -17,20 +17,40 @@ _PER_FILE_STATUSES = frozenset({400, 413, 415})
 
 
 class LocalSource:
-    """In-process scoring with :class:`rdad.service.offline.LocalScorer` (CPU)."""
+    """In-process scoring: the service's engine (its runtime choice, on this machine's CPU) and
+    its scoring flow (:class:`rdad.service.scoring.Scorer`), with batches run in this thread."""
 
-    def __init__(self, model: Path) -> None:
+    def __init__(self, model: Path, batch_size: int) -> None:
+        from rdad.service.engine import load_engine
         from rdad.service.errors import ModelLoadError
-        from rdad.service.offline import LocalScorer
+        from rdad.service.local import DirectInference, InlineWorkers
+        from rdad.service.plan import Layout
+        from rdad.service.scoring import Scorer, ScoringModel
+        from rdad.service.settings import Settings
 
+        settings = Settings(device="cpu")
         try:
-            self.scorer = LocalScorer(model)
+            engine = load_engine(model.stem, model, settings)
         except ModelLoadError as exc:
             raise CommandError(exc.detail) from None
+        meta = engine.metadata
+        assert meta.calibration is not None  # every engine refuses uncalibrated models at load
+        scoring = ScoringModel(
+            name=engine.name,
+            version=meta.model_version,
+            layout=Layout(meta.image_size, meta.tiling),
+            calibration=meta.calibration,
+            max_pixels=settings.max_pixels,
+        )
+        self.engine = engine
+        self.scorer = Scorer(scoring, DirectInference(engine.run, batch_size), InlineWorkers())
+        self._settings = settings
 
     def score(self, chunk: list[Input], *, images: bool, threshold: float | None) -> list[Answer]:
-        from rdad.service.imaging import OutputOptions
-        from rdad.service.offline import FileError
+        from rdad.service.errors import ServiceError
+        from rdad.service.local import score_now
+        from rdad.service.render import OutputOptions
+        from rdad.service.schemas import ModelRef, prediction_result
 
         answers: list[Answer | None] = []
         files: list[tuple[str, bytes]] = []
@@ -44,16 +64,25 @@ class LocalSource:
             answers.append(None)
             files.append((item.path.name, data))
         options = OutputOptions(
-            heatmap=images, overlay=images, mask=images, regions=True, original_size=images
+            heatmap=images,
+            overlay=images,
+            mask=images,
+            regions=True,
+            original_size=images,
+            overlay_max_side=self._settings.overlay_max_side,
+            original_max_side=self._settings.original_max_side,
         )
+        model = self.scorer.model
+        ref = ModelRef(name=model.name, version=model.version)
         for position, result in zip(
-            positions, self.scorer.score(files, options, threshold), strict=True
+            positions, score_now(self.scorer, files, options, threshold=threshold), strict=True
         ):
             item = chunk[position]
-            if isinstance(result, FileError):
-                answers[position] = Failure(item.path, result.error, result.detail)
+            if isinstance(result, ServiceError):
+                answers[position] = Failure(item.path, result.code, result.detail)
             else:
-                answers[position] = result
+                answer = prediction_result(result, ref)
+                answers[position] = answer.model_dump(mode="json", exclude_none=True)
         return [a for a in answers if a is not None]
 
     def close(self) -> None:

@@ -34,6 +34,10 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--model-poll-s", "model_poll_s", float, "re-read the model folder every S s (5; 0 = off)"),
     ("--host", "host", str, "bind address (default 127.0.0.1; 0.0.0.0 in containers)"),
     ("--port", "port", int, "TCP port (default 8000)"),
+    ("--read-timeout-s", "read_timeout_s", float, "headers, and a body's start, within S s"),
+    ("--min-upload-rate-kb-s", "min_upload_rate_kb_s", float, "slower uploads are cut off (408)"),
+    ("--keep-alive-s", "keep_alive_s", float, "idle keep-alive connections close after S s"),
+    ("--max-connections", "max_connections", int, "open connections, 503 beyond"),
     ("--max-batch-size", "max_batch_size", int, "images per inference batch (default 16)"),
     ("--max-delay-ms", "max_delay_ms", float, "batch closes this long after its first image"),
     ("--batch-early-close", "batch_early_close", bool, "close early if nothing is coming"),
@@ -56,7 +60,10 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-files", "max_files", int, "files per request (default 16)"),
     ("--max-pixels", "max_pixels", int, "per image, from the header (default 40000000)"),
     ("--overlay-max-side", "overlay_max_side", int, "overlay PNG longest side (default 1024)"),
+    ("--original-max-side", "original_max_side", int, "original-size heatmap/mask longest side"),
+    ("--memory-budget-mb", "memory_budget_mb", float, "uploads + pixels in flight (MiB)"),
     ("--auth-health", "auth_health", bool, "health routes need the API key too"),
+    ("--reload-without-key", "reload_without_key", bool, "allow model reload with no API key"),
     ("--auth-metrics", "auth_metrics", bool, "/metrics needs the API key too"),
     ("--drain-delay-s", "drain_delay_s", float, "after SIGTERM, serve on with /readyz 503"),
     ("--grace-period-s", "grace_period_s", float, "SIGTERM to exit, at most (default 25)"),
@@ -138,7 +145,7 @@ def _ensure_models(settings: Any, model_dir_given: bool) -> None:
     model is watched when polling is on (the container case: the service stays up, not ready, and
     loads models as they appear) and refused when it is off."""
     from rdad.service.errors import ModelLoadError
-    from rdad.service.registry import choose_default, scan_folder
+    from rdad.service.model_folder import choose_default, scan_folder
 
     model_dir: Path = settings.model_dir
     scan = scan_folder(model_dir)
@@ -154,12 +161,12 @@ def _ensure_models(settings: Any, model_dir_given: bool) -> None:
     if scan.problem is not None:
         if not polling:
             raise CommandError(
-                f"{scan.problem}; omit --model-dir to build and serve the embedded demo model, "
-                "or set RDAD_MODEL_POLL_S to wait for models"
+                f"{model_dir}: {scan.problem}; omit --model-dir to build and serve the embedded "
+                "demo model, or set RDAD_MODEL_POLL_S to wait for models"
             )
         print(
-            f"rdad serve: {scan.problem}; starting anyway (/readyz answers 503) and loading "
-            f"models as they appear (checked every {settings.model_poll_s:g} s)",
+            f"rdad serve: {model_dir}: {scan.problem}; starting anyway (/readyz answers 503) "
+            f"and loading models as they appear (checked every {settings.model_poll_s:g} s)",
             flush=True,
         )
         return
@@ -188,11 +195,9 @@ def _drop_model_load_traceback(record: logging.LogRecord) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from rdad.service.app import create_app
     from rdad.service.device import DevicePolicyError, preflight
-    from rdad.service.server import GracefulServer, graceful_timeout
+    from rdad.service.server import GracefulServer, uvicorn_config
 
     setup_logging()
     settings = _settings(args)
@@ -202,18 +207,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(exc.detail) from None
     _ensure_models(settings, args.model_dir is not None or bool(os.environ.get("RDAD_MODEL_DIR")))
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=graceful_timeout(settings.grace_period_s, settings.drain_delay_s),
-        lifespan="on",
-        root_path=settings.root_path,  # behind a proxy prefix; the API-key gate strips it too
-    )
     server = GracefulServer(
-        config, on_drain=app.state.runtime.begin_drain, drain_delay_s=settings.drain_delay_s
+        uvicorn_config(app, settings),
+        on_drain=app.state.runtime.begin_drain,
+        drain_delay_s=settings.drain_delay_s,
     )
     url = f"http://{settings.host}:{settings.port}"
     print(f"rdad serve: starting on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True)

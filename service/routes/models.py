@@ -9,11 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from ..deps import RuntimeDep, require_api_key
+from ..deps import RuntimeDep, require_api_key, require_model_changes_allowed
 from ..errors import ModelNotFoundError
-from ..registry import is_valid_name
-from ..repository import PendingModel
-from ..runtime import ServedModel
+from ..model_folder import is_valid_name
+from ..model_version import PendingModel, ServedModel
 from ..schemas import ErrorBody, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
@@ -43,6 +42,8 @@ def model_info(model: ServedModel, default: str | None) -> ModelInfo:
         error=model.error,
         file=model.file or None,
         provider=model.engine.provider,
+        runtime_reason=model.engine.source.runtime_reason,
+        sha256=model.engine.source.sha256,
         node_placement=model.engine.placement,
         image_size=meta.image_size,
         backbone=meta.backbone,
@@ -64,6 +65,8 @@ def pending_info(entry: PendingModel, default: str | None) -> ModelInfo:
         error=entry.error,
         file=entry.file or None,
         provider=None,
+        runtime_reason=None,
+        sha256=None,
         image_size=None,
         backbone=None,
         precision=None,
@@ -106,6 +109,11 @@ async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
     "/models/{name}/reload",
     response_model=ModelInfo,
     responses={
+        403: {
+            "model": ErrorBody,
+            "description": "no API key set and RDAD_RELOAD_WITHOUT_KEY off, or a cross-site "
+            "request",
+        },
         404: {"model": ErrorBody, "description": "no file for this model in the model folder"},
         422: {
             "model": ErrorBody,
@@ -114,11 +122,14 @@ async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
         },
     },
     summary="Load the model's file again and swap it in without failing requests in flight",
+    dependencies=[Depends(require_model_changes_allowed)],
 )
 async def reload_model(name: str, runtime: RuntimeDep) -> ModelInfo:
     """Reads ``NAME.onnx`` / ``NAME/model.onnx`` now (also a file that is not served yet),
     warms it up, then routes new requests to it; the replaced version finishes the requests it
-    already has. Answers once the new version serves. Needs the API key when one is set."""
+    already has. Answers once the new version serves. Needs the API key when one is set; with
+    none set it is off (403) unless ``RDAD_RELOAD_WITHOUT_KEY=true``; a request from another
+    site's page (``Origin`` / ``Sec-Fetch-Site``) is refused either way."""
     if not is_valid_name(name):
         raise ModelNotFoundError(f"unknown model '{name[:64]}'")
     model = await runtime.repository.reload(name)

@@ -8,27 +8,38 @@ the heatmap PNG itself, with the verdict in ``X-Anomaly-*`` headers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import pipeline
+from ..admission import Reservation
 from ..deps import RuntimeDep, require_api_key
 from ..errors import (
     ClientDisconnectedError,
     InvalidRequestError,
+    NotReadyError,
     QueueFullError,
     ServiceError,
     UnsupportedMediaTypeError,
 )
-from ..imaging import OutputOptions
+from ..memory import Grant
 from ..middleware import ARRIVAL_KEY
+from ..multipart import FilePart, boundary_of, read_files
+from ..render import OutputOptions
 from ..runtime import ServedModel, ServiceRuntime
-from ..schemas import ErrorBody, FileError, PredictBatchResponse, PredictionResult, file_error
-from ..upload import FilePart, boundary_of, read_files
+from ..schemas import (
+    ErrorBody,
+    FileError,
+    ModelRef,
+    PredictBatchResponse,
+    PredictionResult,
+    file_error,
+    prediction_result,
+)
+from ..scoring import Upload
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
@@ -38,13 +49,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "not an image, or corrupt / truncated",
         401: "API key missing or wrong",
         404: "unknown model",
+        408: "the upload stalled or came slower than the minimum rate (RDAD_READ_TIMEOUT_S, "
+        "RDAD_MIN_UPLOAD_RATE_KB_S): cut off",
         413: "upload over the size limit, or image over the pixel limit",
         415: "not multipart/form-data, or a file that is not an image",
         422: "no file, too many files, malformed multipart, or bad query flags",
         500: "inference failed for the batch this request was in",
-        503: "refused before any work: queue full, cannot finish before its deadline "
-        "(overloaded), or not ready; see Retry-After",
-        504: "accepted, but timed out (counted from arrival) before it finished",
+        503: "refused before any work: queue full, cannot finish before its deadline or no "
+        "memory for the upload (overloaded), or not ready; see Retry-After",
+        504: "accepted, but timed out (counted from the end of the upload) before it finished",
     }.items()
 }
 _OK: dict[int | str, dict[str, Any]] = {
@@ -102,7 +115,7 @@ def _wants_png(accept: str | None) -> bool:
     return best is not None and best[2] == "png"
 
 
-def _as_upload(part: FilePart, index: int, multi: bool) -> pipeline.Upload | ServiceError:
+def _as_upload(part: FilePart, index: int, multi: bool) -> Upload | ServiceError:
     name = part.filename or f"file {index + 1}"
     media = part.content_type
     if media and not (media.startswith("image/") or media == "application/octet-stream"):
@@ -110,61 +123,18 @@ def _as_upload(part: FilePart, index: int, multi: bool) -> pipeline.Upload | Ser
         if not multi:
             raise error
         return error
-    return pipeline.Upload(name, bytes(part.data))
+    return Upload(name, part.data)  # the part's buffer itself: no copy of the upload
 
 
 def arrival_time(request: Request) -> float:
-    """When the request reached the app (``loop.time()``), stamped by the metrics middleware:
-    the deadline counts from there, upload time included."""
+    """When the request reached the app (``loop.time()``), stamped by the metrics middleware."""
     arrived = request.scope.get("state", {}).get(ARRIVAL_KEY)
     return float(arrived) if arrived is not None else asyncio.get_running_loop().time()
 
 
-async def _read_admitted(
-    request: Request, runtime: ServiceRuntime, model: ServedModel, deadline: float
-) -> tuple[list[FilePart], Callable[[], None]]:
-    """Admit one image before the body is read and one more per further file part as it begins;
-    return the file parts and the function that gives the reservation back."""
-    loop = asyncio.get_running_loop()
-    arrival = deadline - runtime.settings.request_timeout_s
-    admission = model.admission
-    max_files = runtime.settings.max_files
-    reserved = 0
-
-    def release() -> None:
-        nonlocal reserved
-        admission.release(reserved)
-        reserved = 0
-
-    def admit() -> None:
-        nonlocal reserved
-        try:
-            admission.admit(1, now=loop.time(), deadline=deadline)
-        except QueueFullError as exc:
-            runtime.metrics.overloaded.labels(model.name, exc.code).inc()
-            runtime.metrics.shed_latency.labels(model.name).observe(loop.time() - arrival)
-            raise
-        reserved += 1
-
-    def on_file(part: FilePart) -> None:
-        count = len(parts_seen)
-        parts_seen.append(part)
-        if count + 1 > max_files:
-            raise InvalidRequestError(f"more than {max_files} files in one request")
-        if count + 1 > reserved:
-            admit()
-
-    parts_seen: list[FilePart] = []
-    admit()  # before one byte of the body is read
-    try:
-        files = await read_files(request, on_file)
-    except BaseException:
-        release()
-        raise
-    if len(files) < reserved:  # no file at all: nothing to hold
-        admission.release(reserved - len(files))
-        reserved = len(files)
-    return files, release
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _choose(files: list[FilePart]) -> bool:
@@ -179,24 +149,60 @@ def _choose(files: list[FilePart]) -> bool:
     return fields == {"files"}
 
 
+def _ensure_serving(runtime: ServiceRuntime, model: ServedModel) -> None:
+    # A draining version (replaced by a hot reload) still answers the requests routed to it.
+    if not model.state.serves:
+        reason = model.error or "the model is still warming up"
+        raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
+
+
 async def _predict(
     request: Request, runtime: ServiceRuntime, name: str | None, query: PredictQuery
 ) -> Response:
-    deadline = arrival_time(request) + runtime.settings.request_timeout_s
+    """Admission (images, then upload bytes) before the body is read; the body as it streams,
+    every file part admitted as it begins; then the scoring flow, until the answer or the
+    client hanging up."""
+    loop = asyncio.get_running_loop()
+    arrival = arrival_time(request)
+    settings = runtime.settings
     boundary_of(request.headers.get("content-type", ""))  # 415 before anything else
     # The lease keeps this version serving until the answer is built, even if a hot reload
-    # replaces it meanwhile (service/repository.py).
+    # replaces it meanwhile (service/model_repository.py).
     with runtime.lease(name) as model:
-        pipeline.ensure_ready(runtime, model)
-        files, release = await _read_admitted(request, runtime, model, deadline)
+        _ensure_serving(runtime, model)
+        # Judged against the earliest the answer could be due: the upload has its own deadline
+        # (the read timeout and minimum rate), and the request timeout counts from its end.
+        due = arrival + settings.request_timeout_s
         try:
-            multi = _choose(files)
-            uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
-            del files  # the parts' buffers: the uploads hold the bytes now
-            work = _score(request, runtime, model, query, uploads, multi, deadline)
-            return await _until_disconnect(request, work)
-        finally:
-            release()
+            with (
+                model.admission.reserve(1, now=loop.time(), deadline=due) as reservation,
+                runtime.memory.body(_declared_length(request)) as body,
+            ):
+                seen = 0
+
+                def on_file(part: FilePart) -> None:
+                    nonlocal seen
+                    seen += 1
+                    if seen > settings.max_files:
+                        raise InvalidRequestError(
+                            f"more than {settings.max_files} files in one request"
+                        )
+                    if seen > reservation.images:
+                        reservation.grow(1, now=loop.time(), deadline=due)
+
+                files = await read_files(request, on_file, body.grow_now)
+                deadline = loop.time() + settings.request_timeout_s
+                multi = _choose(files)
+                uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
+                del files  # the uploads hold the bytes now, and give them up as they decode
+                work = _score(
+                    request, runtime, model, query, uploads, multi, deadline, reservation, body
+                )
+                return await _until_disconnect(request, work)
+        except QueueFullError as exc:  # refused: queue full, overloaded, or no memory
+            runtime.metrics.overloaded.labels(model.name, exc.code).inc()
+            runtime.metrics.shed_latency.labels(model.name).observe(loop.time() - arrival)
+            raise
 
 
 async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
@@ -238,47 +244,52 @@ async def _score(
     runtime: ServiceRuntime,
     model: ServedModel,
     query: PredictQuery,
-    uploads: list[pipeline.Upload | ServiceError],
+    uploads: list[Upload | ServiceError],
     multi: bool,
     deadline: float,
+    reservation: Reservation,
+    body: Grant,
 ) -> Response:
     png = not multi and _wants_png(request.headers.get("accept"))
     options = OutputOptions(
-        heatmap=query.heatmap and not png,  # the PNG answer encodes its own heatmap
+        heatmap=query.heatmap or png,  # the PNG answer is the heatmap itself
         overlay=query.overlay and not png,
         mask=query.mask and not png,
         regions=query.regions and not png,
         original_size=query.heatmap_size == "original",
         overlay_max_side=runtime.settings.overlay_max_side,
+        original_max_side=runtime.settings.original_max_side,
     )
-    t = query.threshold
-    outcomes = await pipeline.predict(
-        runtime, model, uploads, options, deadline=deadline, threshold=t
+    outcomes = await model.scorer.score(
+        uploads,
+        options,
+        deadline=deadline,
+        threshold=query.threshold,
+        slots=reservation,
+        body=body,
     )
+    ref = ModelRef(name=model.name, version=model.version)
     if not multi:
-        prediction = outcomes[0]
-        if isinstance(prediction, ServiceError):
-            raise prediction
-        result = pipeline.to_result(model, uploads[0], prediction, t)  # type: ignore[arg-type]
+        scored = outcomes[0]
+        if isinstance(scored, ServiceError):
+            raise scored
         if png:
-            body, _ = await pipeline.heatmap_png_bytes(
-                runtime, model, prediction, options.original_size
-            )
+            verdict = scored.verdict
+            assert verdict is not None  # served models are calibrated
             headers = {
-                "X-Anomaly-Score": f"{result.score:.6g}",
-                "X-Anomaly-Normalized-Score": f"{result.normalized_score:.6f}",
-                "X-Anomaly-Verdict": "anomalous" if result.is_anomalous else "normal",
+                "X-Anomaly-Score": f"{scored.score:.6g}",
+                "X-Anomaly-Normalized-Score": f"{verdict.normalized_score:.6f}",
+                "X-Anomaly-Verdict": "anomalous" if verdict.is_anomalous else "normal",
             }
-            return Response(body, media_type="image/png", headers=headers)
-        return _json(result, 200)
+            return Response(scored.rendered.heatmap_png, media_type="image/png", headers=headers)
+        return _json(prediction_result(scored, ref), 200)
     results: list[PredictionResult | FileError] = []
     for index, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
         if isinstance(outcome, ServiceError):
-            filename = upload.filename if isinstance(upload, pipeline.Upload) else None
+            filename = upload.filename if isinstance(upload, Upload) else None
             results.append(file_error(outcome, filename or f"file {index + 1}"))
         else:
-            assert isinstance(upload, pipeline.Upload)
-            results.append(pipeline.to_result(model, upload, outcome, t))
+            results.append(prediction_result(outcome, ref))
     errors = [r for r in results if isinstance(r, FileError)]
     # 200 when any file was scored; when none was, the first file's status (all errors listed).
     status = 200 if len(errors) < len(results) else errors[0].status

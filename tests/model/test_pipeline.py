@@ -15,8 +15,9 @@ import torch
 
 from rdad.metadata import METADATA_KEY, ModelMetadata, read_onnx_metadata
 from rdad.model.checkpoint import TrainConfig, load_model, predict, read_checkpoint
+from rdad.model.data import parity_images
 from rdad.model.evaluate import evaluate
-from rdad.model.export import ExportError, export_onnx, parity_images, parity_providers
+from rdad.model.export import ExportError, export_onnx, parity_providers
 from rdad.model.train import train
 from tests.conftest import TINY_SIZE, TINY_TRAIN
 

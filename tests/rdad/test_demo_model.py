@@ -4,7 +4,7 @@ demo model that really passes the good samples and flags the defective ones."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -37,17 +37,17 @@ def test_try_it_lines_point_at_written_samples(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_model_passes_good_samples_and_flags_defects(tmp_path: Path) -> None:
-    from rdad.service.imaging import OutputOptions
-    from rdad.service.offline import LocalScorer
+    from rdad.commands.predict_io import Input
+    from rdad.commands.predict_sources import LocalSource
 
     models = tmp_path / "models"
     model = build_demo_model(models, say=lambda line: None)
     try_it_lines(models, "http://127.0.0.1:8000")
     folder = demo_samples_dir(models)
-    files = [(name, (folder / f"{name}.png").read_bytes()) for name in SAMPLE_NAMES]
-    scorer = LocalScorer(model)
-    results = scorer.score(files, OutputOptions(heatmap=False))
-    verdicts = {name: r["is_anomalous"] for (name, _), r in zip(files, results, strict=True)}  # type: ignore[index]
+    inputs = [Input(folder / f"{n}.png", PurePosixPath(f"{n}.png")) for n in SAMPLE_NAMES]
+    source = LocalSource(model, batch_size=8)
+    results = source.score(inputs, images=False, threshold=None)
+    verdicts = {n: r["is_anomalous"] for n, r in zip(SAMPLE_NAMES, results, strict=True)}  # type: ignore[index]
     assert verdicts == {name: name.startswith("defect") for name in SAMPLE_NAMES}
 
     # Beyond the shipped samples: 10 unseen seeds of each kind. Scratches and chunks are flagged
@@ -59,8 +59,10 @@ def test_demo_model_passes_good_samples_and_flags_defects(tmp_path: Path) -> Non
         batch = {"good": good_part(rng, DEMO_IMAGE_SIZE)}
         for kind in ("scratch", "chunk", "spot"):
             batch[kind] = defective_part(rng, DEMO_IMAGE_SIZE, kind)[0]
-        output = scorer.engine.run(np.stack(list(batch.values())))
+        output = source.engine.run(np.stack(list(batch.values())))
+        calibration = source.engine.metadata.calibration
+        assert calibration is not None
         for kind, score in zip(batch, output.score, strict=True):
-            flagged[kind] += scorer.calibration.is_anomalous(float(score))
+            flagged[kind] += calibration.is_anomalous(float(score))
     assert flagged["good"] <= 2 and flagged["scratch"] == flagged["chunk"] == 10, flagged
     print(f"demo model, 10 unseen parts each, flagged: {flagged}")

@@ -24,8 +24,8 @@ from asgi_lifespan import LifespanManager
 from PIL import Image
 
 from rdad.service.app import create_app
-from rdad.service.batcher import Runner
-from rdad.service.engine import InferenceOutput
+from rdad.service.engine import BatchOutput
+from rdad.service.scoring import Runner
 from rdad.service.settings import Settings
 
 MODEL_NAME = "tiny"
@@ -78,7 +78,7 @@ class RunnerControl:
         self.gate.set()  # open unless a test closes it
 
     def hook(self, name: str, run: Runner) -> Runner:
-        def wrapped(images: np.ndarray) -> InferenceOutput:
+        def wrapped(images: np.ndarray) -> BatchOutput:
             self.entered.set()
             if not self.gate.wait(timeout=30):
                 raise RuntimeError("test gate never opened")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import rdad.service.gpu_decode as gpu_decode
-from rdad.service.imaging import decode_upload
+from rdad.service.decode import decode_whole, read_header
 
 
 def _jpeg(size: int = 96) -> bytes:
@@ -67,13 +67,16 @@ def test_decoder_is_used_for_jpegs_only(monkeypatch: pytest.MonkeyPatch) -> None
     decoder = gpu_decode.gpu_jpeg_decoder(0)
     assert decoder is not None and len(calls) == 1  # the start-up probe
     jpeg = _jpeg()
-    got = decode_upload(jpeg, model_size=64, max_pixels=10**6, jpeg_decoder=decoder)
-    assert len(calls) == 2 and got.model_input.shape == (64, 64, 3)
-    cpu = decode_upload(jpeg, model_size=64, max_pixels=10**6)
-    assert np.abs(got.model_input.astype(int) - cpu.model_input.astype(int)).max() <= 2
+    header = read_header(jpeg, max_pixels=10**6)
+    got = decode_whole(jpeg, header, model_size=64, overlay_max_side=None, jpeg_decoder=decoder)
+    assert len(calls) == 2 and got.inputs.shape == (1, 64, 64, 3)
+    cpu = decode_whole(jpeg, header, model_size=64, overlay_max_side=None)
+    assert np.abs(got.inputs.astype(int) - cpu.inputs.astype(int)).max() <= 2
     png = io.BytesIO()
     Image.new("RGB", (80, 80), (10, 20, 30)).save(png, "PNG")
-    decode_upload(png.getvalue(), model_size=64, max_pixels=10**6, jpeg_decoder=decoder)
+    data = png.getvalue()
+    header = read_header(data, max_pixels=10**6)
+    decode_whole(data, header, model_size=64, overlay_max_side=None, jpeg_decoder=decoder)
     assert len(calls) == 2  # PNG stays on the CPU codec
 
 

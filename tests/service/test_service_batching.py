@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rdad.service.batcher import Batcher
-from rdad.service.engine import InferenceOutput
+from rdad.service.engine import BatchOutput
 from tests.service.conftest import multipart_file, post_scope, until
 
 
@@ -195,12 +195,12 @@ async def test_a_full_batch_is_submitted_before_the_event_loop_turns() -> None:
     # that fills the batch submits it itself; here the loop is blocked right after that step.
     submitted = threading.Event()
 
-    def runner(batch: np.ndarray) -> InferenceOutput:
+    def runner(batch: np.ndarray) -> BatchOutput:
         submitted.set()
         n = len(batch)
-        return InferenceOutput(np.zeros((n, 4, 4), np.float32), np.arange(n, dtype=np.float32))
+        return BatchOutput(np.zeros((n, 4, 4), np.float32), np.arange(n, dtype=np.float32))
 
-    batcher = Batcher("m", runner, max_batch_size=2, max_delay_s=60.0, max_queue=8)
+    batcher = Batcher("m", runner, max_batch_size=2, max_delay_s=60.0)
     batcher.start()
     loop = asyncio.get_running_loop()
     images = [np.zeros((4, 4, 3), np.uint8)] * 2
@@ -211,6 +211,38 @@ async def test_a_full_batch_is_submitted_before_the_event_loop_turns() -> None:
     await batcher.close(1.0)
     assert ran, "the full batch waited for another turn of the event loop"
     assert [r.score for r in results] == [0.0, 1.0] and results[0].batch_size == 2
+
+
+async def test_announced_images_hold_a_batch_open_until_they_are_queued() -> None:
+    """Images being decoded are announced; while any is, a batch waits its window for them
+    instead of closing early. Queuing them takes them off the announcement in the same step, and
+    leaving the announcement withdraws what never came (a failed decode), so a lone request is
+    never left waiting for images that are not coming."""
+    sizes: list[int] = []
+
+    def runner(batch: np.ndarray) -> BatchOutput:
+        sizes.append(len(batch))
+        n = len(batch)
+        return BatchOutput(np.zeros((n, 4, 4), np.float32), np.zeros(n, np.float32))
+
+    batcher = Batcher("m", runner, max_batch_size=4, max_delay_s=60.0, early_close=True)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    image = [np.zeros((4, 4, 3), np.uint8)]
+    deadline = loop.time() + 30
+    with batcher.expecting(2) as arrival:
+        first = asyncio.ensure_future(batcher.infer(image, deadline=deadline, arrival=arrival))
+        await asyncio.sleep(0.05)
+        assert sizes == [] and not first.done()  # one more is announced: the batch waits
+        second = asyncio.ensure_future(batcher.infer(image, deadline=deadline, arrival=arrival))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert sizes == [2]  # both in one batch, closed as soon as nothing more was announced
+    with batcher.expecting(3):
+        pass  # three decodes announced, none came (they failed)
+    start = loop.time()
+    await asyncio.wait_for(batcher.infer(image, deadline=loop.time() + 30), 5)
+    assert loop.time() - start < 1.0 and sizes == [2, 1]  # not held for the 60 s window
+    await batcher.close(1.0)
 
 
 async def test_client_that_hangs_up_while_queued_leaves_no_work(

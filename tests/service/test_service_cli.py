@@ -37,7 +37,7 @@ def test_empty_explicit_model_dir_is_refused_without_polling(tmp_path: Path, cap
     tests/docker/test_docker_files.py::test_serving_entrypoint_waits_for_models_in_an_empty_folder."""
     assert main(["serve", "--model-dir", str(tmp_path), "--model-poll-s", "0"]) == 1
     err = capsys.readouterr().err
-    assert f"no models in {tmp_path}" in err and "RDAD_MODEL_POLL_S" in err
+    assert f"{tmp_path}: no models in the model folder" in err and "RDAD_MODEL_POLL_S" in err
     assert "Traceback" not in err
     assert main(["serve", "--model-dir", str(tmp_path / "nope"), "--model-poll-s", "0"]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -66,6 +66,6 @@ def test_empty_explicit_model_dir_with_polling_starts_and_says_so(
 
     _ensure_models(Settings(model_dir=tmp_path / "models", model_poll_s=5), model_dir_given=True)
     out = capsys.readouterr().out
-    assert f"model folder {tmp_path / 'models'} does not exist" in out
+    assert f"{tmp_path / 'models'}: the model folder does not exist" in out
     assert "loading models as they appear (checked every 5 s)" in out
     assert not (tmp_path / "models").exists()  # no demo model built into an explicit folder

@@ -21,13 +21,21 @@ from rdad.service.device import (
     gpu_problem,
     resolve_providers,
 )
-from rdad.service.engine import Engine
+from rdad.service.engine import load_engine
+from rdad.service.engine_onnxruntime import OnnxRuntimeEngine
 from rdad.service.errors import ModelLoadError
 from rdad.service.iobinding import BoundBuffers
 from rdad.service.provider_options import provider_options
 from rdad.service.settings import Settings
 
 NO_GPU = cuda_problem(0) is not None
+
+
+def ort_engine(name: str, path: Path, settings: Settings) -> OnnxRuntimeEngine:
+    """The file loaded as the service loads it, on ONNX Runtime."""
+    engine = load_engine(name, path, settings.model_copy(update={"runtime": "onnxruntime"}))
+    assert isinstance(engine, OnnxRuntimeEngine)
+    return engine
 
 
 def test_auto_policy_without_gpu_warns_once_and_never_errors(
@@ -63,7 +71,7 @@ def test_cuda_policy_refuses_without_gpu(model_dir: Path) -> None:
         resolve_providers(settings)
     assert "driver" in str(info.value) or "onnxruntime build" in str(info.value)
     with pytest.raises(DevicePolicyError, match=r"model 'tiny'.*RDAD_DEVICE=cuda"):
-        Engine.load("tiny", model_dir / "tiny.onnx", settings)
+        ort_engine("tiny", model_dir / "tiny.onnx", settings)
 
 
 async def test_cuda_policy_service_never_becomes_ready(model_dir: Path) -> None:
@@ -83,13 +91,13 @@ async def test_cuda_policy_service_never_becomes_ready(model_dir: Path) -> None:
 
 
 def test_placement_is_read_from_a_real_run(model_dir: Path) -> None:
-    engine = Engine.load("tiny", model_dir / "tiny.onnx", Settings(model_dir=model_dir))
+    engine = ort_engine("tiny", model_dir / "tiny.onnx", Settings(model_dir=model_dir))
     assert engine.provider == CPU
     assert set(engine.placement) == {CPU} and engine.placement[CPU] > 20  # every node, counted
 
 
 def test_io_binding_buffers_allocated_once_per_batch_size(model_dir: Path) -> None:
-    engine = Engine.load("tiny", model_dir / "tiny.onnx", Settings(model_dir=model_dir))
+    engine = ort_engine("tiny", model_dir / "tiny.onnx", Settings(model_dir=model_dir))
     session = engine._session
     bound = BoundBuffers(session, "images", ["anomaly_map", "score"], device="cpu")
     rng = np.random.default_rng(0)
@@ -150,12 +158,13 @@ def test_one_session_per_bucket_never_changes_shape(model_dir: Path) -> None:
         def __getattr__(self, name: str) -> object:
             return getattr(self.inner, name)
 
-    loaded = Engine.load("tiny", model_dir / "tiny.onnx", settings)
-    engine = Engine(
+    loaded = ort_engine("tiny", model_dir / "tiny.onnx", settings)
+    engine = OnnxRuntimeEngine(
         "tiny",
         Recording(4),  # type: ignore[arg-type]
         loaded.metadata,
         settings,
+        loaded.source,
         bucket_sessions={1: Recording(1), 2: Recording(2)},  # type: ignore[dict-item]
     )
     assert engine.sessions == 3 and engine.buckets == [1, 2, 4]
@@ -168,7 +177,7 @@ def test_one_session_per_bucket_never_changes_shape(model_dir: Path) -> None:
 
 def test_buckets_pad_and_slice(model_dir: Path) -> None:
     settings = Settings(model_dir=model_dir, batch_buckets="4,8", max_batch_size=8)
-    engine = Engine.load("tiny", model_dir / "tiny.onnx", settings)
+    engine = ort_engine("tiny", model_dir / "tiny.onnx", settings)
     assert engine.buckets == [4, 8]
     calls: list[int] = []
     real_run = engine._session.run
@@ -222,7 +231,7 @@ def test_tensorrt_options(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_warmup_batch_sizes(model_dir: Path) -> None:
-    engine = Engine.load("tiny", model_dir / "tiny.onnx", Settings(model_dir=model_dir))
+    engine = ort_engine("tiny", model_dir / "tiny.onnx", Settings(model_dir=model_dir))
     assert engine.warmup_batch_sizes(Settings(max_batch_size=8)) == [1, 8]
     engine.on_gpu, engine.buckets = True, []  # GPU providers pick kernels per shape: every size
     assert engine.warmup_batch_sizes(Settings(max_batch_size=4)) == [1, 2, 3, 4]
@@ -263,7 +272,7 @@ async def test_unservable_models_fail_a_start_without_polling(
         "no calibration": "calibration",
     }
     with pytest.raises(ModelLoadError, match=expected[case]):
-        Engine.load("broken", path, Settings(model_dir=tmp_path))
+        ort_engine("broken", path, Settings(model_dir=tmp_path))
     # With polling off, a folder where nothing loads fails the start with the reason.
     app = create_app(Settings(model_dir=tmp_path, model_poll_s=0))
     with pytest.raises(ModelLoadError, match=f"broken.*{expected[case]}"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -128,10 +129,9 @@ async def test_nothing_loadable_fails_the_start_only_without_polling(
     if case == "all broken":
         (repo / "a.onnx").write_bytes(b"junk")
         write_model(model_dir / "tiny.onnx", repo / "b.onnx", calibrated=False)
-    folder = re.escape(str(repo))
     expected = {
-        "empty": f"no models in {folder}",
-        "missing": f"model folder {folder} does not exist",
+        "empty": "no models in the model folder",
+        "missing": "the model folder does not exist",
         "all broken": "'a' is failed: .*cannot be loaded.*'b' is failed: .*calibration",
     }[case]
     app = create_app(Settings(model_dir=repo, model_poll_s=0))
@@ -151,6 +151,7 @@ async def test_nothing_loadable_fails_the_start_only_without_polling(
     detail = ready.json()["detail"]
     assert "every 30 s (RDAD_MODEL_POLL_S)" in detail
     assert re.search(expected, detail), detail
+    assert str(tmp_path) not in detail  # the open /readyz never shows the host's paths
 
 
 async def _started(app: Any) -> bool:
@@ -178,9 +179,13 @@ async def test_empty_or_missing_folder_waits_and_picks_models_up(
         answer = await client.post("/predict", files=images.upload(images.png()))
     assert alive.status_code == 200
     assert waiting.status_code == 503
-    assert str(repo) in waiting.json()["detail"] and waiting.json()["models"] == {}
-    assert listing["models"] == [] and str(repo) in listing["problem"]
-    assert early.status_code == 503 and str(repo) in early.json()["detail"]
+    problem = {"empty": "no models in", "missing": "does not exist"}[case]
+    assert problem in waiting.json()["detail"] and waiting.json()["models"] == {}
+    assert listing["models"] == [] and problem in listing["problem"]
+    assert early.status_code == 503 and problem in early.json()["detail"]
+    # Answers never show the host's paths (/readyz is open to anyone who can reach the port).
+    for text in (waiting.text, early.text, json.dumps(listing)):
+        assert str(tmp_path) not in text
     assert answer.status_code == 200 and answer.json()["model"]["name"] == "tiny"
 
 
@@ -245,7 +250,9 @@ async def test_reload_swaps_versions_without_failing_requests_in_flight(
     repo = tmp_path / "repo"
     write_model(model_dir / "tiny.onnx", repo / "tiny.onnx", version="v1")
     control.delay_s = 0.03  # batches take a while: requests are always in flight
-    async with make_client(model_dir=repo, model_poll_s=0, control=control) as client:
+    async with make_client(
+        model_dir=repo, model_poll_s=0, control=control, reload_without_key=True
+    ) as client:
         data = images.png()
         stop = asyncio.Event()
         phase = "before"  # of the reload, when a request was sent
@@ -298,7 +305,7 @@ async def test_replaced_version_drains_until_its_last_request_is_answered(
 ) -> None:
     repo = tmp_path / "repo"
     write_model(model_dir / "tiny.onnx", repo / "tiny.onnx", version="v1")
-    async with make_client(model_dir=repo, model_poll_s=0) as client:
+    async with make_client(model_dir=repo, model_poll_s=0, reload_without_key=True) as client:
         runtime = client.app.state.runtime
         with runtime.lease("tiny") as old:  # a request routed to v1, not yet answered
             write_model(model_dir / "tiny.onnx", repo / "tiny.onnx", version="v2")
@@ -355,6 +362,31 @@ async def test_reload_errors_keep_the_serving_version(
     assert [(m["version"], m["state"]) for m in after] == [("v2", "ready")]
 
 
+async def test_reload_is_off_without_a_key_and_never_cross_site(
+    make_client, model_dir: Path, tmp_path: Path
+) -> None:
+    """A page on another site, opened by a browser on the factory network, must not be able to
+    make the service reload (and warm up) its models: without an API key the route is off unless
+    explicitly allowed, and a cross-site request is refused even then."""
+    repo = tmp_path / "repo"
+    write_model(model_dir / "tiny.onnx", repo / "tiny.onnx", version="v1")
+    page = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    async with make_client(model_dir=repo, model_poll_s=0) as client:
+        off = await client.post("/models/tiny/reload")
+    async with make_client(model_dir=repo, model_poll_s=0, reload_without_key=True) as client:
+        cross_site = await client.post("/models/tiny/reload", headers=page)
+        other_origin = await client.post("/models/tiny/reload", headers={"Origin": "http://x"})
+        same_origin = await client.post("/models/tiny/reload", headers={"Origin": "http://rdad"})
+    key = {"Authorization": "Bearer s3cret"}
+    async with make_client(model_dir=repo, model_poll_s=0, api_key="s3cret") as client:
+        keyed_cross_site = await client.post("/models/tiny/reload", headers={**key, **page})
+        keyed = await client.post("/models/tiny/reload", headers=key)
+    assert off.status_code == 403 and "RDAD_API_KEY" in off.json()["detail"]
+    assert cross_site.status_code == 403 and other_origin.status_code == 403
+    assert same_origin.status_code == 200
+    assert keyed_cross_site.status_code == 403 and keyed.status_code == 200
+
+
 async def test_a_model_failing_warm_up_is_failed_and_the_others_serve(
     make_client, control, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -395,19 +427,20 @@ async def test_loading_and_warming_states_are_visible(
     ready meanwhile."""
     import threading
 
-    from rdad.service.engine import Engine
+    from rdad.service.engine_onnxruntime import OnnxRuntimeEngine
 
     loading = threading.Event()
     release = threading.Event()
-    real_load = Engine.load
+    real_load = OnnxRuntimeEngine.load
 
-    def slow_load(name: str, path: Path, settings: Settings) -> Any:
+    def slow_load(name: str, source: Any, meta: Any, settings: Settings) -> Any:
         if name == "late":
             loading.set()
             assert release.wait(30), "test never released the load"
-        return real_load(name, path, settings)
+        return real_load(name, source, meta, settings)
 
-    monkeypatch.setattr(Engine, "load", slow_load)  # the ONNX Runtime engine make_client pins
+    # The ONNX Runtime engine make_client pins.
+    monkeypatch.setattr(OnnxRuntimeEngine, "load", slow_load)
     repo = tmp_path / "repo"
     write_model(model_dir / "tiny.onnx", repo / "tiny.onnx")
     async with make_client(model_dir=repo, model_poll_s=POLL_S, control=control) as client:

@@ -27,18 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batcher import Runner
-from .engines import InferenceEngine, load_engine
+from .engine import InferenceEngine, load_engine
 from .errors import ModelLoadError, ModelNotFoundError
 from .metrics import Metrics
+from .model_folder import FolderScan, Signature, relative_name, scan_folder
 from .model_gauges import ModelStateGauges
-from .registry import FolderScan, Signature, relative_name, scan_folder
-from .served import ModelState, PendingModel, ServedModel, open_served_model, warm_up
+from .model_version import ModelState, PendingModel, ServedModel, warm_up
 from .settings import Settings
 
 log = logging.getLogger("rdad.service.repository")
 
-RunnerFactory = Callable[[str, InferenceEngine], Runner]
+VersionFactory = Callable[[str, InferenceEngine, str], ServedModel]
+"""``(name, loaded engine, file)`` → a new version with its batcher started
+(:meth:`service.runtime.ServiceRuntime.open_version`)."""
 
 
 @dataclass
@@ -52,10 +53,10 @@ class _Seen:
 class ModelRepository:
     """The models of one service: loading, warm-up, polling, reload, draining, readiness."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, make_runner: RunnerFactory) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, open_version: VersionFactory) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._make_runner = make_runner
+        self._open_version = open_version
         self.models: dict[str, ServedModel] = {}
         """The serving version per name (warming or ready)."""
         self.pending: dict[str, PendingModel] = {}
@@ -116,7 +117,8 @@ class ModelRepository:
         if self.models:
             return "models are warming up"
         reasons = "; ".join(self.describe(name) for name in sorted(self.pending))
-        return f"no model could be loaded from {self.settings.model_dir}: {reasons}{watching}"
+        # Answers never show paths (this reaches the open /readyz): "the model folder".
+        return f"no model could be loaded from the model folder: {reasons}{watching}"
 
     def describe(self, name: str) -> str:
         """``'NAME' is STATE[: reason]`` for messages."""
@@ -154,7 +156,7 @@ class ModelRepository:
                 log.error("%s (RDAD_MODEL_POLL_S=0: not waiting for models)", problem)
                 raise ModelLoadError(problem)
         if self.folder_problem:
-            log.error("%s", self.why_nothing_serves())
+            log.error("%s: %s", self.settings.model_dir, self.why_nothing_serves())
         for name in sorted(self.pending):
             log.error("model %s", self.describe(name))
         self._task = asyncio.create_task(self._run(), name="rdad-model-repository")
@@ -199,7 +201,7 @@ class ModelRepository:
             previous, self._last_scan = self._last_scan, scan
             was_problem, self.folder_problem = self.folder_problem, scan.problem
             if scan.problem and scan.problem != was_problem:
-                log.warning("%s", scan.problem)
+                log.warning("%s: %s", scan.folder, scan.problem)
             if not scan.exists:
                 return  # keep serving: a folder that went away is more often a mount hiccup
             before = previous.files if previous is not None else {}
@@ -309,8 +311,7 @@ class ModelRepository:
             # ONNX Runtime quotes the full path: answers name the file relative to the folder.
             self._fail(name, file, reason.replace(str(path), file))
             return None
-        runner = self._make_runner(name, engine)
-        model = open_served_model(name, engine, runner, self.settings, self.metrics, file)
+        model = self._open_version(name, engine, file)
         self.metrics.model_loads.labels(name, "ok").inc()
         return model
 

@@ -43,10 +43,11 @@ class FolderScan:
     @property
     def problem(self) -> str | None:
         """What makes the folder unusable as a whole (missing, or no model file in it)."""
+        # No path in it: it reaches the open /readyz, and answers never show the host's paths.
         if not self.exists:
-            return f"model folder {self.folder} does not exist ({EXPECTED})"
+            return f"the model folder does not exist ({EXPECTED})"
         if not self.files and not self.conflicts:
-            return f"no models in {self.folder} ({EXPECTED})"
+            return f"no models in the model folder ({EXPECTED})"
         return None
 
 

@@ -15,15 +15,14 @@ batcher may still be handing out the previous batch's maps.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rdad.metadata import MetadataError, ModelMetadata, read_onnx_metadata
+from rdad.metadata import ModelMetadata
 from rdad.openvino_runtime import compile_cpu
 
-from .engine import InferenceOutput, check_loaded_graph
+from .engine import BatchOutput, ModelSource, check_loaded_graph
 from .errors import ModelLoadError
 from .settings import Settings
 
@@ -47,8 +46,11 @@ class OpenVinoEngine:
     provider = PROVIDER
     inflight = 1  # one infer request; the batcher runs one batch at a time on it
 
-    def __init__(self, name: str, compiled: Any, metadata: ModelMetadata) -> None:
+    def __init__(
+        self, name: str, compiled: Any, metadata: ModelMetadata, source: ModelSource
+    ) -> None:
         self.name = name
+        self.source = source
         self.placement: dict[str, int] = {PROVIDER: len(compiled.get_runtime_model().get_ops())}
         self.metadata = metadata
         self._compiled = compiled
@@ -60,14 +62,14 @@ class OpenVinoEngine:
         return self.metadata.image_size
 
     @classmethod
-    def load(cls, name: str, path: Path, settings: Settings) -> OpenVinoEngine:
+    def load(
+        cls, name: str, source: ModelSource, meta: ModelMetadata, settings: Settings
+    ) -> OpenVinoEngine:
+        """Compile ``source`` (the file's bytes, read once) for the CPU plugin."""
         if problem := openvino_problem():
             raise ModelLoadError(f"model '{name}': OpenVINO requested but {problem}")
         try:
-            meta = read_onnx_metadata(path)
-            compiled = compile_cpu(path, settings.intra_op_threads)
-        except MetadataError as exc:
-            raise ModelLoadError(f"model '{name}': {exc}") from exc
+            compiled = compile_cpu(source.data, settings.intra_op_threads)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ModelLoadError(f"model '{name}' cannot be loaded by OpenVINO: {exc}") from exc
         _check_graph(name, compiled, meta)
@@ -78,13 +80,13 @@ class OpenVinoEngine:
             meta.image_size,
             meta.precision,
         )
-        return cls(name, compiled, meta)
+        return cls(name, compiled, meta, source)
 
-    def run(self, images: np.ndarray) -> InferenceOutput:
+    def run(self, images: np.ndarray) -> BatchOutput:
         """Score uint8 RGB ``images`` ``(B, H, W, 3)`` → maps ``(B, H, W)`` and scores ``(B,)``."""
         results = self._request.infer({self.metadata.input_name: np.ascontiguousarray(images)})
         anomaly_map, score = (np.array(results[out], copy=True) for out in self._outputs)
-        return InferenceOutput(anomaly_map, score)
+        return BatchOutput(anomaly_map, score)
 
     def warmup_batch_sizes(self, settings: Settings) -> list[int]:
         """The plugin prepares kernels per new input shape on first use: run batch 1 and the
@@ -102,5 +104,5 @@ def _check_graph(name: str, compiled: Any, meta: ModelMetadata) -> None:
         meta,
         input_is_uint8=port is not None and port.get_element_type().get_type_name() == "u8",
         input_dims=[d.get_length() if d.is_static else None for d in shape],
-        outputs=(n for port in compiled.outputs for n in port.get_names()),
+        outputs=[n for port in compiled.outputs for n in port.get_names()],
     )

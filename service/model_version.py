@@ -1,5 +1,6 @@
-"""One loaded version of a model (engine, batcher, admission, leases), how one is put together and
-warmed up, and the states a model file goes through in the repository (service/repository.py)."""
+"""One loaded version of a model — engine, batcher, admission, scoring flow, leases — how one is
+put together and warmed up, and the states a model file goes through in the repository
+(:mod:`service.model_repository`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .admission import ModelAdmission
-from .batcher import Batcher, Runner
-from .engine import warmup_batch
-from .engines import InferenceEngine
+from .batcher import Batcher
+from .engine import InferenceEngine, warmup_batch
+from .gpu_decode import JpegDecoder
 from .metrics import Metrics
+from .plan import Layout
+from .scoring import Memory, Runner, Scorer, ScoringModel, Workers
 from .settings import Settings
 
 
@@ -33,13 +36,14 @@ class ModelState(enum.StrEnum):
 
 @dataclass(eq=False)
 class ServedModel:
-    """One loaded version of a model, with its batcher."""
+    """One loaded version of a model: where its requests go."""
 
     name: str
     engine: InferenceEngine
     runner: Runner
     batcher: Batcher
     admission: ModelAdmission
+    scorer: Scorer
     state: ModelState = ModelState.WARMING
     error: str | None = None
     file: str = ""
@@ -70,35 +74,58 @@ class PendingModel:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class ScoringPlaces:
+    """Where every version's scoring steps run: the service's CPU pools and memory budget."""
+
+    workers: Workers
+    memory: Memory
+    jpeg_decoder: JpegDecoder | None = None
+
+
 def open_served_model(
     name: str,
     engine: InferenceEngine,
     runner: Runner,
     settings: Settings,
     metrics: Metrics,
+    places: ScoringPlaces,
     file: str,
 ) -> ServedModel:
     """A new version around a loaded engine, its batcher started; it serves once warm."""
-    admission = ModelAdmission(
-        name,
-        max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue,
-        retry_after_s=settings.retry_after_s,
-    )
     batcher = Batcher(
         name,
         runner,
         max_batch_size=settings.max_batch_size,
         max_delay_s=settings.max_delay_s,
         early_close=settings.batch_early_close,
-        max_queue=settings.max_queue,
         retry_after_s=settings.retry_after_s,
         metrics=metrics.for_model(name),
-        admission=admission,
         max_inflight=engine.inflight,
     )
+    admission = ModelAdmission(
+        name, batcher, max_queue=settings.max_queue, retry_after_s=settings.retry_after_s
+    )
+    meta = engine.metadata
+    assert meta.calibration is not None  # every engine refuses uncalibrated models at load
+    scorer = Scorer(
+        ScoringModel(
+            name=name,
+            version=meta.model_version,
+            layout=Layout(meta.image_size, meta.tiling),
+            calibration=meta.calibration,
+            max_pixels=settings.max_pixels,
+        ),
+        batcher,
+        places.workers,
+        memory=places.memory,
+        jpeg_decoder=places.jpeg_decoder,
+        observe=lambda verdict: metrics.observe_prediction(
+            name, verdict.normalized_score, verdict.is_anomalous
+        ),
+    )
     batcher.start()
-    return ServedModel(name, engine, runner, batcher, admission, file=file)
+    return ServedModel(name, engine, runner, batcher, admission, scorer, file=file)
 
 
 async def warm_up(model: ServedModel, settings: Settings) -> list[int]:
@@ -112,5 +139,5 @@ async def warm_up(model: ServedModel, settings: Settings) -> list[int]:
         began = loop.time()
         await loop.run_in_executor(model.batcher.executor, model.runner, batch)
         # A first guess for admission's wait estimates; real batches refine it.
-        model.admission.latency.record(size, loop.time() - began, provisional=True)
+        model.batcher.latency.record(size, loop.time() - began, provisional=True)
     return sizes

@@ -7,6 +7,10 @@ parser (the one Starlette uses) and call ``on_file`` as soon as a file part's he
 parsed — before its bytes are kept. The number of files is only known while parsing: admission
 reserves one image before the body is touched and one more for each further file part as it
 begins, and refuses (503, or 422 past ``max_files``) at that moment without reading the rest.
+``on_bytes`` hears of every chunk before it is kept (the memory budget counts it).
+
+A file's bytes are kept once, in its ``bytearray`` (which grows in place), and handed on as they
+are: never copied into ``bytes``.
 """
 
 from __future__ import annotations
@@ -107,15 +111,22 @@ def _parser(boundary: bytes, state: _State) -> MultipartParser:
     )
 
 
-async def read_files(request: Request, on_file: Callable[[FilePart], None]) -> list[FilePart]:
-    """Parse the body as it streams; ``on_file(part)`` runs when a file part begins (it may
-    raise to refuse the request on the spot). Returns the file parts in request order."""
+async def read_files(
+    request: Request,
+    on_file: Callable[[FilePart], None],
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[FilePart]:
+    """Parse the body as it streams; ``on_file(part)`` runs when a file part begins and
+    ``on_bytes(n)`` before a chunk of ``n`` bytes is kept (either may raise to refuse the request
+    on the spot). Returns the file parts in request order."""
     boundary = boundary_of(request.headers.get("content-type", ""))
     state = _State()
     parser = _parser(boundary, state)
     try:
         async for chunk in request.stream():
             if chunk:
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
                 parser.write(chunk)
             for part in state.started:
                 on_file(part)
