@@ -4,6 +4,12 @@
 
 Scenarios (each starts its own server with the settings it names, then stops it):
 
+* ``stall``   — 300 connections send headers and half a body, then stop; one honest client
+  sends a normal request every second for 45 s: its statuses over time, /readyz, peak RSS.
+* ``uploads`` — 256 concurrent clients each uploading a ~50 MB image: peak RSS, outcomes.
+* ``renders`` — 16 concurrent flat 6000×6600 PNGs with original-size heatmap and mask, overlay
+  and regions: peak RSS, outcomes.
+
 * ``memory``  — 6 concurrent requests × 16 flat 6000×6500 PNGs, default settings: peak RSS
   (the kernel's high-water mark, VmHWM) and the outcomes.
 * ``burst``   — 300 concurrent small single-image requests (bottle PNGs resized to
@@ -29,281 +35,33 @@ import contextlib
 import io
 import json
 import os
-import re
 import signal
-import socket
 import statistics
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
+from reliability_server import (
+    REFUSALS,
+    Server,
+    bottle_images,
+    bucket,
+    flat_png,
+    metric,
+    post,
+    raw_post,
+    raw_request,
+    raw_throughput,
+    read_response,
+    run_client,
+    steal_seconds,
+    summarize,
+)
 
 from rdad import sysinfo
-
-T = TypeVar("T")
-
-
-def pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 4) if values else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def proc_kb(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
-
-
-class Server:
-    """``rdad serve`` in a subprocess with ``env`` overrides; RSS sampled every 50 ms."""
-
-    def __init__(self, model_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable, "-m", "rdad", "serve", "--model-dir", str(model_dir),
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-        ]  # fmt: skip
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        full_env.pop("RDAD_API_KEY", None)
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env=full_env
-        )
-        self.rss_samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        end = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"rdad serve exited; see {log}")
-            if time.monotonic() > end:
-                raise SystemExit("rdad serve never became ready")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set() and self.proc.poll() is None:
-            try:
-                self.rss_samples.append((time.monotonic(), proc_kb(self.proc.pid, "VmRSS")))
-            except OSError:
-                return
-            time.sleep(0.05)
-
-    def rss_mb(self) -> float:
-        return proc_kb(self.proc.pid, "VmRSS") / 1024
-
-    def peak_mb(self) -> float:
-        return proc_kb(self.proc.pid, "VmHWM") / 1024
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=10).text
-
-    def stop(self) -> int:
-        self._stop.set()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return int(self.proc.returncode)
-
-
-def metric(text: str, name: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    )
-
-
-def bucket(text: str, name: str, le: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and s.labels.get("le") == le
-    )
-
-
-async def post(
-    client: httpx.AsyncClient, files: list[tuple[str, bytes]], params: dict[str, str] | None = None
-) -> tuple[int, float]:
-    field = "file" if len(files) == 1 else "files"
-    parts = [(field, (name, data, "image/png")) for name, data in files]
-    start = time.monotonic()
-    try:
-        response = await client.post("/predict", files=parts, params=params)
-        status = response.status_code
-        if status == 503:  # which refusal: queue_full, overloaded, not_ready (shutting down)
-            REFUSALS[response.json().get("error", "?")] += 1
-    except httpx.HTTPError:
-        status = -1  # connection error / client timeout
-    return status, time.monotonic() - start
-
-
-REFUSALS: Counter[str] = Counter()
-
-
-def raw_request(port: int, files: list[tuple[str, bytes]], query: str = "") -> bytes:
-    """One complete ``POST /predict`` (HTTP/1.1, multipart: ``file`` for one upload, ``files``
-    for several) as bytes, built once."""
-    boundary = b"rdad-bench-boundary"
-    field = b"file" if len(files) == 1 else b"files"
-    parts = [
-        b"--" + boundary + b"\r\n"
-        b'Content-Disposition: form-data; name="' + field + b'"; filename="' + name.encode()
-        + b'"\r\nContent-Type: ' + (b"image/jpeg" if name.endswith(".jpg") else b"image/png")
-        + b"\r\n\r\n" + data + b"\r\n"
-        for name, data in files
-    ]  # fmt: skip
-    body = b"".join(parts) + b"--" + boundary + b"--\r\n"
-    head = (
-        f"POST /predict{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Status and body of one HTTP/1.1 response with a Content-Length."""
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
-
-
-async def raw_post(port: int, request: bytes) -> tuple[int, float]:
-    """Send a pre-built request on a fresh connection and read the status and body.
-
-    The burst client: an HTTP library spends milliseconds of CPU per request (multipart
-    encoding, response parsing), which on a machine where client and server share the cores
-    is taken from the model being measured; this one only moves bytes.
-    """
-    start = time.monotonic()
-    writer = None
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        # Latency counts from the moment the request is handed to the kernel: with 300
-        # coroutines on one client loop, the time spent waiting for the client's own turn to
-        # connect is not the server's.
-        start = time.monotonic()
-        writer.write(request)
-        with contextlib.suppress(ConnectionError):  # a refusal may come before the body is sent
-            await writer.drain()
-        status, body = await read_response(reader)
-        if status == 503:
-            REFUSALS[json.loads(body).get("error", "?")] += 1
-    except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
-        status = -1
-    finally:
-        if writer is not None:
-            writer.close()
-    return status, time.monotonic() - start
-
-
-def flat_png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (120, 130, 140)).save(buf, "PNG", compress_level=9)
-    return buf.getvalue()
-
-
-def bottle_images(folder: Path, limit: int, side: int = 0) -> list[tuple[str, bytes]]:
-    """The first ``limit`` test PNGs; with ``side`` > 0 area-resized to side×side PNGs."""
-    paths = sorted(p for p in folder.rglob("*.png") if "ground_truth" not in p.parts)[:limit]
-    if not paths:
-        raise SystemExit(f"no PNGs under {folder}")
-    if not side:
-        return [(p.name, p.read_bytes()) for p in paths]
-    out = []
-    for p in paths:
-        buf = io.BytesIO()
-        Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BOX).save(buf, "PNG")
-        out.append((p.name, buf.getvalue()))
-    return out
-
-
-def summarize(results: list[tuple[int, float]]) -> dict[str, Any]:
-    by_status: dict[int, list[float]] = {}
-    for status, seconds in results:
-        by_status.setdefault(status, []).append(seconds)
-    return {
-        str(status): {
-            "count": len(times),
-            "p50_s": pct(times, 50),
-            "p95_s": pct(times, 95),
-            "max_s": round(max(times), 4),
-        }
-        for status, times in sorted(by_status.items())
-    }
-
-
-def run_client(main: Coroutine[Any, Any, T]) -> T:
-    """Run the load client on uvloop when it is installed: the client shares the cores with
-    the server, and uvloop spends less of them per connection than asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
-def steal_seconds() -> float:
-    """CPU time the hypervisor gave to other guests (all CPUs, /proc/stat); NaN off Linux.
-    On a virtual machine this is the noise a run cannot see otherwise."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def raw_throughput(model_file: Path, batch: int, seconds: float = 8.0) -> float:
-    """Images/s of a bare ONNX Runtime session at ``batch`` (same thread defaults as serving)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    shape = session.get_inputs()[0].shape
-    size = int(shape[1]) if isinstance(shape[1], int) else 256
-    images = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
-    name = session.get_inputs()[0].name
-    session.run(None, {name: images})
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {name: images})
-        done += batch
-    return done / (time.perf_counter() - start)
-
 
 # --- scenarios -------------------------------------------------------------------------------
 
@@ -581,12 +339,188 @@ def hangup(args: argparse.Namespace, count: int = 40) -> dict[str, Any]:
         "hung_up_while_queued": count,
         "images_inferred": inferred,
         "queue_depth_after": metric(after, "rdad_queue_depth"),
-        "pixel_budget_bytes_in_use_after": metric(after, "rdad_pixel_budget_bytes_in_use"),
+        "memory_budget_bytes_in_use_after": metric(after, "rdad_memory_budget_bytes_in_use"),
         "next_request_status": good,
     }
 
 
+# --- slow clients and every byte in the memory bound (issue 16) -------------------------------
+
+
+def stall(args: argparse.Namespace, attackers: int = 300, seconds: float = 45.0) -> dict[str, Any]:
+    """``attackers`` connections send their headers and half a body, then stop (with
+    ``--reconnect``, each opens a new one as soon as the server closes the old); one honest
+    client sends one normal request every second and /readyz is polled every second."""
+    name, image = bottle_images(args.images, 1, args.burst_side or 256)[0]
+    server = Server(args.model_dir, {}, args.out / "serve-stall.log")
+    request = raw_request(server.port, [(name, image)])
+    half = request[: len(request) - len(image) // 2]
+    cut: list[float] = []
+
+    async def attacker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(half)
+                await writer.drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reader.read(), timeout=seconds + 30)
+                cut.append(time.monotonic())
+                writer.close()
+            except OSError:
+                await asyncio.sleep(0.1)
+            if not args.reconnect:
+                return
+
+    async def honest(start: float) -> list[dict[str, Any]]:
+        tries: list[dict[str, Any]] = []
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            for k in range(int(seconds)):
+                await asyncio.sleep(max(0.0, start + k - time.monotonic()))
+                at = round(time.monotonic() - start, 2)
+                status, took = await post(client, [(name, image)])
+                try:
+                    ready = (await client.get("/readyz")).status_code
+                except httpx.HTTPError:
+                    ready = -1
+                tries.append({"t": at, "status": status, "s": round(took, 3), "readyz": ready})
+        return tries
+
+    async def run() -> list[dict[str, Any]]:
+        stop = asyncio.Event()
+        crowd = [asyncio.create_task(attacker(stop)) for _ in range(attackers)]
+        await asyncio.sleep(1.0)  # every attacker connected and stalled
+        start = time.monotonic()
+        tries = await honest(start)
+        stop.set()
+        for task in crowd:
+            task.cancel()
+        await asyncio.gather(*crowd, return_exceptions=True)
+        return tries
+
+    began = time.monotonic()
+    tries = run_client(run())
+    peak = server.peak_mb()
+    server.stop()
+    late = [t for t in tries if t["t"] >= 35.0]
+    first_ok = next((t["t"] for t in tries if t["status"] == 200), None)
+    return {
+        "attackers": attackers,
+        "reconnect": args.reconnect,
+        "image_bytes": len(image),
+        "honest_tries": len(tries),
+        "honest_statuses": summarize([(t["status"], t["s"]) for t in tries]),
+        "first_200_at_s": first_ok,
+        "share_200_from_35s": round(sum(t["status"] == 200 for t in late) / len(late), 3),
+        "readyz_not_200": sum(t["readyz"] != 200 for t in tries),
+        "attack_connections_cut": len(cut),
+        "first_cut_after_s": round(min(cut) - began, 1) if cut else None,
+        "peak_rss_mb": round(peak, 1),
+        "timeline": [(t["t"], t["status"]) for t in tries],
+    }
+
+
+def noise_png(target_bytes: int) -> bytes:
+    """A random-noise PNG just under ``target_bytes`` (noise does not compress)."""
+    side = int((target_bytes / 3) ** 0.5) - 8
+    pixels = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+async def chunked_post(port: int, request: bytes, timeout_s: float) -> tuple[int, float]:
+    """Send one large pre-built request in 1 MiB pieces (so the client never buffers a whole
+    copy per connection) and read the status."""
+    start = time.monotonic()
+    writer = None
+    view = memoryview(request)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        start = time.monotonic()
+
+        async def send() -> None:
+            for i in range(0, len(view), 1 << 20):
+                writer.write(view[i : i + (1 << 20)])
+                await writer.drain()
+
+        sending = asyncio.ensure_future(send())
+        status, body = await asyncio.wait_for(read_response(reader), timeout_s)
+        sending.cancel()
+        if status == 503:
+            REFUSALS[json.loads(body).get("error", "?")] += 1
+    except (OSError, asyncio.IncompleteReadError, IndexError, ValueError, TimeoutError):
+        status = -1
+    finally:
+        if writer is not None:
+            writer.close()
+    return status, time.monotonic() - start
+
+
+def uploads(args: argparse.Namespace, clients: int = 256) -> dict[str, Any]:
+    """``clients`` concurrent clients each uploading one ~50 MB image (default settings)."""
+    image = noise_png(49 * 1024 * 1024)
+    server = Server(args.model_dir, {}, args.out / "serve-uploads.log")
+    idle = server.rss_mb()
+    request = raw_request(server.port, [("noise.png", image)])
+
+    async def run() -> list[tuple[int, float]]:
+        return await asyncio.gather(
+            *(chunked_post(server.port, request, 600) for _ in range(clients))
+        )
+
+    start = time.monotonic()
+    results = run_client(run())
+    wall = time.monotonic() - start
+    peak = server.peak_mb()
+    server.stop()
+    return {
+        "clients": clients,
+        "upload_bytes": len(request),
+        "rss_idle_mb": round(idle, 1),
+        "peak_rss_mb": round(peak, 1),
+        "wall_s": round(wall, 1),
+        "outcomes": summarize(results),
+    }
+
+
+def renders(args: argparse.Namespace, count: int = 16) -> dict[str, Any]:
+    """``count`` concurrent requests of a flat 6000×6600 PNG with an original-size heatmap and
+    mask, an overlay and regions (default settings)."""
+    image = flat_png(6000, 6600)
+    server = Server(args.model_dir, {}, args.out / "serve-renders.log")
+    idle = server.rss_mb()
+    params = {
+        "heatmap": "true", "mask": "true", "overlay": "true", "regions": "true",
+        "heatmap_size": "original",
+    }  # fmt: skip
+
+    async def run() -> list[tuple[int, float]]:
+        limits = httpx.Limits(max_connections=count + 2)
+        async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as client:
+            return await asyncio.gather(
+                *(post(client, [("flat.png", image)], params) for _ in range(count))
+            )
+
+    start = time.monotonic()
+    results = asyncio.run(run())
+    wall = time.monotonic() - start
+    peak = server.peak_mb()
+    server.stop()
+    return {
+        "requests": count,
+        "png_bytes": len(image),
+        "rss_idle_mb": round(idle, 1),
+        "peak_rss_mb": round(peak, 1),
+        "wall_s": round(wall, 1),
+        "outcomes": summarize(results),
+    }
+
+
 SCENARIOS = {
+    "stall": stall,
+    "uploads": uploads,
+    "renders": renders,
     "memory": memory,
     "burst": burst,
     "steady": steady,
@@ -604,6 +538,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--soak", type=int, default=5000, help="soak request count")
     parser.add_argument("--repeat", type=int, default=1, help="burst: runs to pool")
+    parser.add_argument(
+        "--reconnect", action="store_true", help="stall: attackers reconnect when cut off"
+    )
     parser.add_argument(
         "--burst-side",
         type=int,

@@ -125,7 +125,11 @@ def node_placement(
     Read from ONNX Runtime's own profile of ``run_once`` (each node event names its provider and
     output types); the session must have been created with profiling on, which this turns off.
     """
-    run_once()
+    try:
+        run_once()
+    except BaseException:
+        discard_profile(session)
+        raise
     path = Path(session.end_profiling())
     try:
         events = json.loads(path.read_text())
@@ -145,6 +149,12 @@ def node_placement(
             if not dtypes <= _SHAPE_DTYPES:
                 cpu_tensor_ops.add(str(args.get("op_name", "?")))
     return placement, cpu_tensor_ops
+
+
+def discard_profile(session: ort.InferenceSession) -> None:
+    """End a profiled session's profile and remove its file (a session given up before its
+    placement was read would otherwise leave the file in the temp folder)."""
+    Path(session.end_profiling()).unlink(missing_ok=True)
 
 
 def profiling_options(options: ort.SessionOptions) -> None:

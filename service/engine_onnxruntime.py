@@ -27,6 +27,7 @@ from rdad.metadata import ModelMetadata
 from .device import (
     GPU_PROVIDERS,
     DevicePolicyError,
+    discard_profile,
     node_placement,
     placement_problem,
     profiling_options,
@@ -158,18 +159,22 @@ class OnnxRuntimeEngine:
                     f"session on {providers}: {exc}"
                 ) from exc
             raise ModelLoadError(f"model '{name}' cannot be loaded: {exc}") from exc
-        _check_graph(name, session, meta)
         got = session.get_providers()
         wanted_gpu = [p for p in providers if p in GPU_PROVIDERS]
-        if wanted_gpu and got[0] not in GPU_PROVIDERS:
-            # The silent fallback: ORT drops a provider whose libraries (cuDNN, cuBLAS) are missing.
-            reason = (
-                f"{'/'.join(wanted_gpu)} failed to start (missing CUDA/cuDNN libraries?); "
-                f"ONNX Runtime is using {got}"
-            )
-            if strict:
-                raise DevicePolicyError(f"model '{name}': RDAD_DEVICE=cuda but {reason}")
-            log.warning("model %s: %s; running on the CPU", name, reason)
+        try:
+            _check_graph(name, session, meta)
+            if wanted_gpu and got[0] not in GPU_PROVIDERS:
+                # The silent fallback: ORT drops a provider whose libraries are missing.
+                reason = (
+                    f"{'/'.join(wanted_gpu)} failed to start (missing CUDA/cuDNN libraries?); "
+                    f"ONNX Runtime is using {got}"
+                )
+                if strict:
+                    raise DevicePolicyError(f"model '{name}': RDAD_DEVICE=cuda but {reason}")
+                log.warning("model %s: %s; running on the CPU", name, reason)
+        except ModelLoadError:
+            discard_profile(session)
+            raise
         sample = warmup_batch(1, meta.image_size)
         try:
             placement, cpu_tensor_ops = node_placement(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -271,8 +273,12 @@ async def test_unservable_models_fail_a_start_without_polling(
         "no metadata": "rdad",
         "no calibration": "calibration",
     }
+    profiles = f"rdad-placement-{os.getpid()}*"
+    before = set(Path(tempfile.gettempdir()).glob(profiles))
     with pytest.raises(ModelLoadError, match=expected[case]):
         ort_engine("broken", path, Settings(model_dir=tmp_path))
+    # A refused file leaves nothing behind (its session's placement profile is removed).
+    assert set(Path(tempfile.gettempdir()).glob(profiles)) == before
     # With polling off, a folder where nothing loads fails the start with the reason.
     app = create_app(Settings(model_dir=tmp_path, model_poll_s=0))
     with pytest.raises(ModelLoadError, match=f"broken.*{expected[case]}"):
