@@ -38,6 +38,7 @@ import os
 import signal
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -413,8 +414,16 @@ def stall(args: argparse.Namespace, attackers: int = 300, seconds: float = 45.0)
         "first_200_at_s": first_ok,
         "share_200_from_35s": round(sum(t["status"] == 200 for t in late) / len(late), 3),
         "readyz_not_200": sum(t["readyz"] != 200 for t in tries),
-        "attack_connections_cut": len(cut),
-        "first_cut_after_s": round(min(cut) - began, 1) if cut else None,
+        # When the server closed the attackers' connections (from their start): 408 at the read
+        # deadline, or a 503 answer (queue full) closed by the keep-alive timeout.
+        "attack_connections_closed": len(cut),
+        "attack_closed_after_s": {
+            "min": round(min(cut) - began, 1),
+            "p50": round(float(np.median(cut)) - began, 1),
+            "max": round(max(cut) - began, 1),
+        }
+        if cut
+        else None,
         "peak_rss_mb": round(peak, 1),
         "timeline": [(t["t"], t["status"]) for t in tries],
     }
@@ -449,12 +458,16 @@ async def chunked_post(port: int, request: bytes, timeout_s: float) -> tuple[int
         sending.cancel()
         if status == 503:
             REFUSALS[json.loads(body).get("error", "?")] += 1
-    except (OSError, asyncio.IncompleteReadError, IndexError, ValueError, TimeoutError):
+    except (OSError, asyncio.IncompleteReadError, IndexError, ValueError, TimeoutError) as exc:
         status = -1
+        CLIENT_ERRORS[type(exc).__name__] += 1
     finally:
         if writer is not None:
             writer.close()
     return status, time.monotonic() - start
+
+
+CLIENT_ERRORS: Counter[str] = Counter()
 
 
 def uploads(args: argparse.Namespace, clients: int = 256) -> dict[str, Any]:
@@ -481,6 +494,7 @@ def uploads(args: argparse.Namespace, clients: int = 256) -> dict[str, Any]:
         "peak_rss_mb": round(peak, 1),
         "wall_s": round(wall, 1),
         "outcomes": summarize(results),
+        "client_errors": dict(CLIENT_ERRORS),
     }
 
 

@@ -1,5 +1,5 @@
 """``rdad serve`` with OpenCV's default thread pool restored: the "before" side of the A/B of the
-service's CPU thread budget (``service/threads.py``), for the batch-1 gap figures in README.
+service's CPU thread budget (``service/runtime.py``), for the batch-1 gap figures in README.
 
     python benchmarks/serve_opencv_pool.py serve --model-dir DIR --port 8766
 
@@ -12,7 +12,7 @@ import sys
 
 import cv2
 
-import rdad.service.threads as threads
+import rdad.service.runtime as threads
 from rdad.service.settings import Settings
 
 _budget = threads.budget_cpu_threads

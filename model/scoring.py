@@ -27,7 +27,8 @@ from rdad.service.local import DirectInference, InlineWorkers, score_now
 from rdad.service.plan import Layout
 from rdad.service.render import OutputOptions
 from rdad.service.resources import DEFAULT_MAX_PIXELS
-from rdad.service.scoring import Scorer, ScoringModel
+from rdad.service.scoring import Scorer
+from rdad.service.scoring_types import ScoringModel
 from rdad.tiling import Tiling
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,12 @@ torch-free and FastAPI-free so that the serving image can import it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .tiling import Tiling
 
@@ -114,20 +115,79 @@ class ModelMetadata:
         return cls.from_json(props[METADATA_KEY])
 
 
-def read_onnx_metadata(source: str | Path | bytes) -> ModelMetadata:
-    """Read the metadata of an ONNX file — a path, or the file's bytes already read — with ONNX
-    Runtime (no torch, no onnx package needed)."""
-    import onnxruntime as ort  # local import: keep `import rdad.metadata` cheap
+_MODEL_GRAPH = 7
+_MODEL_METADATA_PROPS = 14
+"""``ModelProto.metadata_props``: repeated ``StringStringEntryProto {key = 1; value = 2}``."""
 
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise FileNotFoundError(f"model not found: {source}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    model = source if isinstance(source, bytes) else str(source)
+
+def _varint(stream: BinaryIO) -> int | None:
+    """One protobuf varint from ``stream``; ``None`` at a clean end of the stream."""
+    value = shift = 0
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            if shift:
+                raise MetadataError("truncated protobuf varint")
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise MetadataError("malformed protobuf varint")
+
+
+def _metadata_props(stream: BinaryIO) -> dict[str, str]:
+    """The top-level ``metadata_props`` of a serialised ``ModelProto``, read field by field and
+    skipping everything else (the graph and its weights are never read into memory)."""
+    props: dict[str, str] = {}
+    graph = False
+    while (tag := _varint(stream)) is not None:
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(stream)
+        elif wire in (1, 5):
+            stream.seek(8 if wire == 1 else 4, 1)
+        elif wire == 2:
+            length = _varint(stream)
+            if length is None:
+                raise MetadataError("truncated protobuf field")
+            if number != _MODEL_METADATA_PROPS:
+                graph = graph or number == _MODEL_GRAPH
+                stream.seek(length, 1)
+                continue
+            entry = io.BytesIO(stream.read(length))
+            key = value = ""
+            while (inner := _varint(entry)) is not None:
+                size = _varint(entry)
+                if inner & 7 != 2 or size is None:
+                    raise MetadataError("malformed metadata entry")
+                text = entry.read(size).decode("utf-8")
+                if inner >> 3 == 1:
+                    key = text
+                elif inner >> 3 == 2:
+                    value = text
+            props[key] = value
+        else:
+            raise MetadataError(f"unexpected protobuf wire type {wire}")
+    if not graph:
+        raise MetadataError("no graph in it")
+    return props
+
+
+def read_onnx_metadata(path: str | Path) -> ModelMetadata:
+    """Read the metadata of an ONNX file without loading its graph: only the model's
+    ``metadata_props`` are parsed from the protobuf (no runtime, no torch, no onnx package; a
+    1 GB model costs no more than a small one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    size = path.stat().st_size
     try:
-        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        what = "the file" if isinstance(source, bytes) else str(source)
-        raise MetadataError(f"{what} is not a readable ONNX model ({reason})") from None
-    return ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
+        with path.open("rb") as stream:
+            props = _metadata_props(stream)
+            if stream.tell() != size:  # a skip past the end: the file is cut short
+                raise MetadataError("truncated protobuf field")
+    except (MetadataError, UnicodeDecodeError, OSError) as exc:
+        raise MetadataError(f"{path} is not a readable ONNX model ({exc})") from None
+    return ModelMetadata.from_props(props)

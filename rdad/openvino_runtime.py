@@ -24,13 +24,8 @@ def compile_config(threads: int = 0) -> dict[str, Any]:
     return config
 
 
-def compile_cpu(source: Path | str | bytes, threads: int = 0) -> Any:
-    """The compiled model (``openvino.CompiledModel``) of an ONNX file — a path, or the file's
-    bytes already read — for the CPU plugin."""
-    import io
-
+def compile_cpu(path: Path | str, threads: int = 0) -> Any:
+    """The compiled model (``openvino.CompiledModel``) of an ONNX file for the CPU plugin."""
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(io.BytesIO(source)) if isinstance(source, bytes) else str(source)
-    return core.compile_model(model, "CPU", compile_config(threads))
+    return ov.Core().compile_model(str(path), "CPU", compile_config(threads))

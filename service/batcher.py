@@ -24,7 +24,7 @@ that size (504 at once, no compute spent); an exception in the runner fails that
 State. Everything here is owned by the batcher and changed only by its own methods on the event
 loop: the queue, the images announced as on their way (:meth:`Batcher.expecting`), the batches in
 flight (read by admission and the watchdog through :meth:`Batcher.running`) and the
-:class:`~service.latency.LatencyModel` it records every batch into.
+:class:`~service.admission.LatencyModel` it records every batch into.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admission import LatencyModel
 from .errors import InferenceError, NotReadyError, RequestTimeoutError
-from .latency import LatencyModel
 from .metrics import ModelMetrics
-from .scoring import ItemResult, Runner
+from .scoring_types import ItemResult, Runner
 
 log = logging.getLogger("rdad.service.batcher")
 

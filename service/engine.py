@@ -21,9 +21,13 @@ The choice and its reason are logged and shown in ``/models`` (``runtime_reason`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -56,8 +60,8 @@ class InferenceEngine(Protocol):
     """Batches the batcher may have in flight at once on this engine."""
     placement: dict[str, int]
     """Graph nodes per execution provider / device (shown in ``GET /models``)."""
-    source: ModelSource
-    """The bytes it was built from (their hash) and why this runtime runs it."""
+    identity: ModelIdentity
+    """The hash of the bytes it was built from, and why this runtime runs it."""
 
     @property
     def image_size(self) -> int: ...
@@ -68,20 +72,51 @@ class InferenceEngine(Protocol):
 
 
 @dataclass(frozen=True)
-class ModelSource:
-    """A model file as it was read: once, whole."""
+class ModelIdentity:
+    """What a loaded model keeps of its file: not the bytes (the runtime holds its own copy of
+    the graph), only their hash — and why the runtime that runs it was chosen."""
 
-    data: bytes
     sha256: str
     runtime_reason: str = ""
 
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model file as it was read — once, whole — while it loads: the runtimes build every
+    session from ``path``, a private in-memory copy of those bytes (a ``memfd`` on Linux, a
+    temporary file elsewhere) that nobody can replace, and it is gone once the model is loaded.
+    (Handing the bytes to ONNX Runtime directly would keep a second copy of the whole graph in
+    the process for as long as the model serves.)"""
+
+    path: str
+    sha256: str
+    runtime_reason: str = ""
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.sha256, self.runtime_reason)
+
     @classmethod
-    def read(cls, path: Path) -> ModelSource:
+    @contextlib.contextmanager
+    def read(cls, path: Path) -> Iterator[ModelSource]:
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read the model file: {exc.strerror or exc}") from None
-        return cls(data, hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data).hexdigest()
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("rdad-model", os.MFD_CLOEXEC)
+            with open(fd, "wb") as copy:  # closes the descriptor when the model has loaded
+                copy.write(data)
+                copy.flush()
+                del data
+                yield cls(f"/proc/self/fd/{fd}", digest)
+            return
+        with tempfile.TemporaryDirectory(prefix="rdad-model-") as folder:
+            private = Path(folder) / "model.onnx"
+            private.write_bytes(data)
+            del data
+            yield cls(str(private), digest)
 
 
 def check_loaded_graph(
@@ -152,18 +187,26 @@ def choose_runtime(settings: Settings, precision: str) -> tuple[str, str]:
 
 def load_engine(name: str, path: Path, settings: Settings) -> InferenceEngine:
     """Read ``path`` once and load it with the runtime :func:`choose_runtime` picks."""
+    with ModelSource.read(path) as source:
+        try:
+            return _load(name, source, settings)
+        except ModelLoadError as exc:
+            # Errors name the model file, not the private copy the runtimes read.
+            raise type(exc)(exc.detail.replace(source.path, str(path))) from exc
+
+
+def _load(name: str, source: ModelSource, settings: Settings) -> InferenceEngine:
     from rdad.metadata import MetadataError, read_onnx_metadata
 
     from .engine_onnxruntime import OnnxRuntimeEngine
     from .engine_openvino import OpenVinoEngine
 
-    source = ModelSource.read(path)
     try:
-        meta = read_onnx_metadata(source.data)
+        meta = read_onnx_metadata(source.path)
     except MetadataError as exc:
         raise ModelLoadError(f"model '{name}' cannot be loaded: {exc}") from exc
     runtime, why = choose_runtime(settings, meta.precision)
-    source = ModelSource(source.data, source.sha256, why)
+    source = replace(source, runtime_reason=why)
     log.info("model %s (%s, sha256 %s…): %s — %s", name, meta.precision, source.sha256[:12],
              runtime, why)  # fmt: skip
     if runtime == OPENVINO:

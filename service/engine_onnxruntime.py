@@ -80,7 +80,7 @@ class OnnxRuntimeEngine:
     ) -> None:
         self.name = name
         self.metadata = metadata
-        self.source = source
+        self.identity = source.identity
         self._session = session
         self._bucket_sessions = dict(bucket_sessions or {})
         """GPU: one session per batch bucket, so that no session ever changes input shape."""
@@ -139,7 +139,7 @@ class OnnxRuntimeEngine:
             providers = resolve_providers(settings)
             options = [provider_options(p, settings, meta) for p in providers]
             create = functools.partial(
-                ort.InferenceSession, source.data, providers=providers, provider_options=options
+                ort.InferenceSession, source.path, providers=providers, provider_options=options
             )
             try:
                 session = create(sess_options=session_options(strict))
@@ -195,7 +195,7 @@ class OnnxRuntimeEngine:
             for size in buckets[:-1]:
                 try:
                     bucket_sessions[size] = ort.InferenceSession(
-                        source.data,
+                        source.path,
                         session_options(False, profile=False),
                         providers=providers,
                         provider_options=[

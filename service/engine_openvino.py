@@ -50,7 +50,7 @@ class OpenVinoEngine:
         self, name: str, compiled: Any, metadata: ModelMetadata, source: ModelSource
     ) -> None:
         self.name = name
-        self.source = source
+        self.identity = source.identity
         self.placement: dict[str, int] = {PROVIDER: len(compiled.get_runtime_model().get_ops())}
         self.metadata = metadata
         self._compiled = compiled
@@ -69,7 +69,7 @@ class OpenVinoEngine:
         if problem := openvino_problem():
             raise ModelLoadError(f"model '{name}': OpenVINO requested but {problem}")
         try:
-            compiled = compile_cpu(source.data, settings.intra_op_threads)
+            compiled = compile_cpu(source.path, settings.intra_op_threads)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ModelLoadError(f"model '{name}' cannot be loaded by OpenVINO: {exc}") from exc
         _check_graph(name, compiled, meta)

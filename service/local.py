@@ -19,7 +19,8 @@ from rdad.imaging import Buffer
 
 from .errors import ServiceError
 from .render import OutputOptions
-from .scoring import ItemResult, Runner, Scored, Scorer, Upload, timed
+from .scoring import Scorer
+from .scoring_types import ItemResult, Runner, Scored, Upload, timed
 
 T = TypeVar("T")
 

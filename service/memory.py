@@ -8,9 +8,11 @@ Two kinds of grant share one total (``RDAD_MEMORY_BUDGET_MB``):
   only the bytes it has sent, and only until the read deadline cuts it off.
 * **pixel** bytes — everything a request's images need from decode to rendered answer (the
   decode's peak, the model inputs or tiles, the maps, the heatmap/mask/overlay renders), reserved
-  as one grant before its first decode, shrunk when the decodes are done, released with the
-  answer. A pixel grant may wait (first come, first served) and is refused at once (503) when its
-  estimated wait runs past the request's deadline.
+  as one grant per wave of its files before their decodes, shrunk when the decodes are done,
+  released with the wave's answers. A request registers all its waves' bytes first
+  (:class:`PixelRequest`): it is refused at once (503) when, by the measured decode rate, the
+  work ahead of it and its own cannot be done by its deadline, and its waves go before those of
+  requests that came later, so a started request finishes instead of every request crawling.
 
 Why this cannot deadlock: a request waits for pixel bytes while holding body bytes, never the
 other way round, and a pixel grant never waits once granted. Bodies may only use the budget beyond
@@ -21,13 +23,14 @@ bodies alone can never keep a pixel grant waiting: the pixel holders finish and 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
-from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
+from .admission import ALPHA
 from .errors import OverloadedError, RequestTimeoutError
-from .latency import ALPHA
 
 
 class Grant:
@@ -85,8 +88,12 @@ class MemoryBudget:
         self._body_in_use = 0
         self._on_change = on_change  # the in-use gauge
         self._workers = max(1, workers)  # decode threads/processes: decodes that run at once
-        self._waiters: deque[tuple[int, asyncio.Future[None], float]] = deque()
-        """``(bytes, future, deadline)`` of the pixel grants waiting, in arrival order."""
+        self._waiters: list[_Waiter] = []
+        """The pixel grants waiting, in the order of their requests' registration."""
+        self._requests: dict[int, PixelRequest] = {}
+        """Registered requests by registration number (their remaining work is ahead of later
+        ones)."""
+        self._seq = 0
         self._seconds_per_byte: float | None = None
 
     @property
@@ -139,6 +146,20 @@ class MemoryBudget:
 
     # --- pixels -------------------------------------------------------------------------------
 
+    def pixel_request(self, total_bytes: int, *, deadline: float) -> PixelRequest:
+        """Register a request that will take ``total_bytes`` of pixel grants (one per wave of its
+        files), or refuse it at once (503) when, by the measured decode rate, everything ahead of
+        it and its own work cannot be done before ``deadline``. Its grants go before those of any
+        request registered later: a request that has started finishes first."""
+        self._seq += 1
+        request = PixelRequest(self, self._seq, total_bytes, deadline)
+        wait = self._estimated_wait(request, total_bytes)
+        now = asyncio.get_running_loop().time()
+        if wait is not None and now + wait > deadline:
+            raise self._late(wait, deadline - now)
+        self._requests[request.seq] = request
+        return request
+
     @contextlib.asynccontextmanager
     async def hold(self, nbytes: int, *, deadline: float) -> AsyncIterator[Grant]:
         """``acquire`` … ``release`` around a block."""
@@ -146,22 +167,31 @@ class MemoryBudget:
             yield grant
 
     async def acquire(self, nbytes: int, *, deadline: float) -> Grant:
+        """One grant of ``nbytes`` for a request with nothing else to take."""
+        request = self.pixel_request(nbytes, deadline=deadline)
+        try:
+            return await request.acquire(nbytes)
+        finally:
+            request.close()
+
+    async def _acquire(self, request: PixelRequest, nbytes: int) -> Grant:
         """Wait for ``nbytes`` of pixel memory (capped at the pixel reserve: one image at the
-        pixel limit always fits); 503 as soon as the estimated wait runs past ``deadline`` (at
-        once, or when a finished decode updates the estimate), 504 if ``deadline`` passes while
-        waiting."""
+        pixel limit always fits); 503 as soon as the estimated wait runs past the request's
+        deadline (at once, or when a finished decode updates the estimate), 504 if the deadline
+        passes while waiting."""
         nbytes = min(nbytes, self.pixel_reserve)
-        if not self._waiters and self._in_use + nbytes <= self.total:
+        deadline = request.deadline
+        if not self._waiters and self._fits(request, nbytes):
             self._in_use += nbytes
             self._changed()
             return Grant(self, nbytes, body=False)
         loop = asyncio.get_running_loop()
-        wait = self.estimated_wait(nbytes)
+        wait = self._estimated_wait(request, request.remaining)
         if wait is not None and loop.time() + wait > deadline:
             raise self._late(wait, deadline - loop.time())
         waiter: asyncio.Future[None] = loop.create_future()
-        entry = (nbytes, waiter, deadline)
-        self._waiters.append(entry)
+        entry = _Waiter(request.seq, nbytes, waiter, request)
+        bisect.insort(self._waiters, entry, key=lambda w: w.seq)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), max(0.0, deadline - loop.time()))
         except BaseException as exc:
@@ -187,8 +217,8 @@ class MemoryBudget:
 
     def record(self, nbytes: int, seconds: float) -> None:
         """A decode that was granted ``nbytes`` ran for ``seconds`` in its worker (its own run
-        time, not its wait for a worker): update the rate, then refuse the waiting grants that
-        can no longer start in time by the new estimate."""
+        time, not its wait for a worker): update the rate, then refuse the waiting requests that
+        can no longer finish in time by the new estimate."""
         if nbytes <= 0:
             return
         sample = seconds / nbytes
@@ -196,16 +226,23 @@ class MemoryBudget:
         self._seconds_per_byte = sample if old is None else old + ALPHA * (sample - old)
         self._refuse_hopeless(asyncio.get_running_loop().time())
 
-    def estimated_wait(self, nbytes: int, ahead: int | None = None) -> float | None:
-        """Seconds until a grant of ``nbytes`` queued now (or behind ``ahead`` bytes) would be
-        done, behind the grants running and waiting; ``None`` before any decode was measured."""
+    def estimated_wait(self, nbytes: int) -> float | None:
+        """Seconds until a new request taking ``nbytes`` would be through its decodes, behind
+        the grants held and every registered request's remaining work; ``None`` before any
+        decode was measured."""
+        return self._estimated_wait(None, nbytes)
+
+    def _estimated_wait(self, request: PixelRequest | None, own: int) -> float | None:
         if self._seconds_per_byte is None:
             return None
-        if ahead is None:
-            ahead = self._in_use - self._body_in_use
-            ahead += sum(n for n, w, _ in self._waiters if not w.done())
-        side_by_side = max(1, min(self._workers, self.pixel_reserve // max(nbytes, 1)))
-        return (ahead + nbytes) * self._seconds_per_byte / side_by_side
+        ahead = self._in_use - self._body_in_use
+        ahead += sum(
+            other.remaining
+            for other in self._requests.values()
+            if request is None or other.seq < request.seq
+        )
+        side_by_side = max(1, min(self._workers, self.pixel_reserve // max(own, 1)))
+        return (ahead + own) * self._seconds_per_byte / side_by_side
 
     def _late(self, wait: float, left: float) -> OverloadedError:
         return OverloadedError(
@@ -215,17 +252,15 @@ class MemoryBudget:
         )
 
     def _refuse_hopeless(self, now: float) -> None:
-        ahead = self._in_use - self._body_in_use
-        kept: deque[tuple[int, asyncio.Future[None], float]] = deque()
-        for nbytes, waiter, deadline in self._waiters:
-            if waiter.done():
+        kept: list[_Waiter] = []
+        for entry in self._waiters:
+            if entry.future.done():
                 continue
-            wait = self.estimated_wait(nbytes, ahead)
-            if wait is not None and now + wait > deadline:
-                waiter.set_exception(self._late(wait, deadline - now))
+            wait = self._estimated_wait(entry.request, entry.request.remaining)
+            if wait is not None and now + wait > entry.request.deadline:
+                entry.future.set_exception(self._late(wait, entry.request.deadline - now))
                 continue
-            kept.append((nbytes, waiter, deadline))
-            ahead += nbytes
+            kept.append(entry)
         if len(kept) < len(self._waiters):
             self._waiters = kept
             self._grant()  # a refused head may have been what the next one waited behind
@@ -240,18 +275,71 @@ class MemoryBudget:
         self._grant()
         self._changed()
 
+    def _fits(self, request: PixelRequest, nbytes: int) -> bool:
+        """Whether ``request`` may take ``nbytes`` now: they fit, and so does the next wave of
+        every request registered before it (a later request may use what is free beside a
+        started one, never what that one needs to go on)."""
+        earlier = sum(
+            min(other.remaining, self.pixel_reserve)
+            for other in self._requests.values()
+            if other.seq < request.seq
+        )
+        return self._in_use + nbytes + earlier <= self.total
+
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self._in_use)
 
     def _grant(self) -> None:
         while self._waiters:
-            nbytes, waiter, _ = self._waiters[0]
-            if waiter.done():
-                self._waiters.popleft()
+            head = self._waiters[0]
+            if head.future.done():
+                self._waiters.pop(0)
                 continue
-            if self._in_use + nbytes > self.total:
+            if not self._fits(head.request, head.nbytes):
                 return
-            self._in_use += nbytes
-            self._waiters.popleft()
-            waiter.set_result(None)
+            self._in_use += head.nbytes
+            self._waiters.pop(0)
+            head.future.set_result(None)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    seq: int
+    nbytes: int
+    future: asyncio.Future[None]
+    request: PixelRequest
+
+
+class PixelRequest:
+    """One request's pixel memory across its waves (see :meth:`MemoryBudget.pixel_request`);
+    a context manager that deregisters it."""
+
+    def __init__(self, budget: MemoryBudget, seq: int, total: int, deadline: float) -> None:
+        self._budget = budget
+        self.seq = seq
+        self.deadline = deadline
+        self._remaining = total
+
+    @property
+    def remaining(self) -> int:
+        """Bytes it has still to be granted (what the requests behind it wait for)."""
+        return self._remaining
+
+    async def acquire(self, nbytes: int) -> Grant:
+        """The grant of one wave; waits behind the requests registered before this one."""
+        grant = await self._budget._acquire(self, nbytes)
+        self._remaining = max(0, self._remaining - nbytes)
+        return grant
+
+    def close(self) -> None:
+        """Deregister (idempotent): requests behind it stop waiting for its next waves."""
+        self._remaining = 0
+        if self._budget._requests.pop(self.seq, None) is not None:
+            self._budget._grant()
+
+    def __enter__(self) -> PixelRequest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

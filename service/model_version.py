@@ -14,9 +14,11 @@ from .admission import ModelAdmission
 from .batcher import Batcher
 from .engine import InferenceEngine, warmup_batch
 from .gpu_decode import JpegDecoder
+from .memory import MemoryBudget
 from .metrics import Metrics
 from .plan import Layout
-from .scoring import Memory, Runner, Scorer, ScoringModel, Workers
+from .scoring import Scorer
+from .scoring_types import Runner, ScoringModel, Workers
 from .settings import Settings
 
 
@@ -79,7 +81,7 @@ class ScoringPlaces:
     """Where every version's scoring steps run: the service's CPU pools and memory budget."""
 
     workers: Workers
-    memory: Memory
+    memory: MemoryBudget
     jpeg_decoder: JpegDecoder | None = None
 
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
+import cv2
+
 from .engine import InferenceEngine
 from .errors import ModelNotFoundError, NotReadyError
 from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
@@ -28,9 +30,8 @@ from .memory import MemoryBudget
 from .metrics import Metrics
 from .model_repository import ModelRepository
 from .model_version import ModelState, ScoringPlaces, ServedModel, open_served_model
-from .scoring import Runner, timed
+from .scoring_types import Runner, timed
 from .settings import Settings
-from .threads import budget_cpu_threads
 
 log = logging.getLogger("rdad.service")
 
@@ -41,6 +42,26 @@ RunnerHook = Callable[[str, Runner], Runner]
 inference around the real engine."""
 
 __all__ = ["ModelState", "PoolWorkers", "RunnerHook", "ServedModel", "ServiceRuntime"]
+
+
+def budget_cpu_threads(settings: Settings) -> str:
+    """The CPU thread budget: inference threads and image threads must not oversubscribe.
+
+    For C usable cores, the inference runtime (ONNX Runtime intra-op pool or OpenVINO) gets C
+    threads (``RDAD_INTRA_OP_THREADS`` = 0 keeps the runtime's own default, one per physical
+    core): on a CPU host inference is the bottleneck and one batch runs at a time. Decoding and
+    PNG encoding run in the CPU pool, ``RDAD_CPU_WORKERS`` threads (default C), each
+    **single-threaded inside OpenCV**: parallelism across uploads comes from the pool; OpenCV's
+    own pool would add up to C more threads per resize, which then compete with the runtime's
+    threads for the same cores — and a runtime thread that loses its core stalls every other one
+    at the next layer's barrier. Applied process-wide; returns the line the log shows.
+    """
+    cv2.setNumThreads(1)
+    runtime = settings.intra_op_threads or "runtime default (one per physical core)"
+    return (
+        f"thread budget: inference {runtime}; image pool {settings.cpu_worker_count} worker(s), "
+        "OpenCV single-threaded in each"
+    )
 
 
 class PoolWorkers:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    from .scoring import Scored
+    from .scoring_types import Scored
 
 
 class ModelRef(BaseModel):

@@ -21,155 +21,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from rdad.imaging import Buffer, ImageDecodeError
-from rdad.metadata import Calibration
+from rdad.imaging import ImageDecodeError
 
+from .admission import Reservation
 from .decode import DecodedImage, read_header
-from .errors import BadImageError, ImageTooLargeError, ServiceError, UnsupportedMediaTypeError
+from .errors import BadImageError, ImageTooLargeError, ServiceError
 from .gpu_decode import JpegDecoder
-from .plan import FilePlan, Layout, decode_file, merge, plan_file
+from .memory import Grant, MemoryBudget, PixelRequest
+from .plan import FilePlan, decode_file, merge, plan_file
 from .render import OutputOptions, RenderedOutputs, render_outputs
+from .scoring_types import (
+    FILE_ERRORS,
+    Inference,
+    ItemResult,
+    Scored,
+    ScoringModel,
+    Timings,
+    Upload,
+    Workers,
+)
 from .verdict import Verdict, judge
 
 T = TypeVar("T")
-
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""Runs a batch: uint8 ``(B, H, W, 3)`` → maps ``(B, H, W)`` and scores ``(B,)``."""
-
-FILE_ERRORS = (BadImageError, ImageTooLargeError, UnsupportedMediaTypeError, ImageDecodeError)
-"""Failures that belong to one file: in a multi-file request they become that file's result."""
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """What the batcher answers for one model input."""
-
-    anomaly_map: np.ndarray
-    """float32 ``(S, S)`` at the model's resolution."""
-    score: float
-    queue_s: float
-    inference_s: float
-    batch_size: int
-
-
-class Upload:
-    """One file of a request. The flow takes its bytes when it decodes them, so that they are
-    freed (and leave the memory budget) as soon as the model inputs exist."""
-
-    def __init__(self, filename: str, data: Buffer) -> None:
-        self.filename = filename
-        self.size = len(data)
-        self._data: Buffer | None = data
-
-    def take(self) -> Buffer:
-        data, self._data = self._data, None
-        if data is None:
-            raise RuntimeError(f"{self.filename}: its bytes were already decoded")
-        return data
-
-    def peek(self) -> Buffer:
-        if self._data is None:
-            raise RuntimeError(f"{self.filename}: its bytes were already decoded")
-        return self._data
-
-
-@dataclass(frozen=True)
-class Timings:
-    decode_s: float
-    queue_s: float
-    inference_s: float
-    encode_s: float
-    """Merge (stitching) and rendering."""
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One file's answer."""
-
-    filename: str
-    width: int
-    height: int
-    score: float
-    verdict: Verdict | None
-    """``None`` only for a model without calibration (``rdad eval`` of a raw checkpoint)."""
-    rendered: RenderedOutputs
-    timings: Timings
-    anomaly_map: np.ndarray | None = None
-    """float32 map on the model's grid (whole image) or the prepared image's grid (tiled); kept
-    only when :meth:`Scorer.score` is asked to (``rdad eval``)."""
-
-
-@dataclass(frozen=True)
-class ScoringModel:
-    """What the flow needs to know of a model."""
-
-    name: str
-    version: str
-    layout: Layout
-    calibration: Calibration | None
-    """Served models always have one; ``rdad eval`` may score a checkpoint without (no verdicts,
-    no pictures)."""
-    max_pixels: int
-
-
-class Inference(Protocol):
-    """Where batches run: the model's batcher in the service, :class:`DirectInference` here."""
-
-    def expecting(self, count: int) -> contextlib.AbstractContextManager[Any]: ...
-
-    async def infer(
-        self, images: Sequence[np.ndarray], *, deadline: float, arrival: Any = None
-    ) -> list[ItemResult]: ...
-
-
-class Workers(Protocol):
-    """Where CPU work runs; both return ``(result, its own run seconds)``."""
-
-    async def run(self, fn: Callable[[], T]) -> tuple[T, float]: ...
-
-    async def decode(self, fn: Callable[[], T]) -> tuple[T, float]: ...
-
-
-class Slots(Protocol):
-    """The request's admission reservation (:class:`service.admission.Reservation`)."""
-
-    def cover(self, images: int, *, now: float, deadline: float) -> int: ...
-
-    def record_overhead(self, seconds: float) -> None: ...
-
-
-class Grant(Protocol):
-    @property
-    def nbytes(self) -> int: ...
-
-    def shrink(self, nbytes: int) -> None: ...
-
-    def release(self) -> None: ...
-
-
-class Memory(Protocol):
-    """The memory budget (:class:`service.memory.MemoryBudget`)."""
-
-    pixel_reserve: int
-
-    async def acquire(self, nbytes: int, *, deadline: float) -> Any: ...
-
-    def record(self, nbytes: int, seconds: float) -> None: ...
-
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    """``fn()`` and its own run time (not a pool's wait); top-level so a process pool can run it."""
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -184,6 +64,24 @@ class _Decoded:
     file: _File
     image: DecodedImage
     decode_s: float
+
+
+@dataclass
+class _Prepared:
+    """A decoded wave waiting for inference: what it holds (its memory grant and its images'
+    announcement to the batcher) is released by closing ``stack``."""
+
+    files: list[_File]
+    outcomes: list[tuple[DecodedImage, float] | BaseException]
+    decoded: list[_Decoded]
+    arrival: Any
+    stack: contextlib.ExitStack
+    decode_s: float
+    """Its own time on the loop (from asking for memory to decoded)."""
+
+
+def _need(files: list[_File]) -> int:
+    return sum(f.plan.need_bytes for f in files)
 
 
 @dataclass(frozen=True)
@@ -202,7 +100,7 @@ class Scorer:
         inference: Inference,
         workers: Workers,
         *,
-        memory: Memory | None = None,
+        memory: MemoryBudget | None = None,
         jpeg_decoder: JpegDecoder | None = None,
         observe: Callable[[Verdict], None] | None = None,
     ) -> None:
@@ -220,7 +118,7 @@ class Scorer:
         *,
         deadline: float,
         threshold: float | None = None,
-        slots: Slots | None = None,
+        slots: Reservation | None = None,
         body: Grant | None = None,
         keep_maps: bool = False,
     ) -> list[Scored | ServiceError]:
@@ -245,14 +143,38 @@ class Scorer:
         wave_size = total
         if slots is not None:
             wave_size = slots.cover(total, now=loop.time(), deadline=deadline)
+        waves = list(self._waves(files, wave_size))
+        if not waves:
+            return [r for r in results if r is not None]
+        memory = None
+        if self._memory is not None:
+            memory = self._memory.pixel_request(_need(files), deadline=deadline)
         own_s = 0.0
-        for wave in self._waves(files, wave_size):
-            outcomes, wave_own_s = await self._score_wave(
-                wave, options, deadline, threshold, wave_size, body, keep_maps
-            )
-            own_s += wave_own_s
-            for file, outcome in zip(wave, outcomes, strict=True):
-                results[file.index] = outcome
+        with memory if memory is not None else contextlib.nullcontext():
+            # While one wave is inferred and rendered, the next one is decoded (its memory
+            # granted beside it): the decodes of a many-file request follow each other as
+            # closely as they would in one wave.
+            ahead: asyncio.Future[_Prepared] | None = None
+            try:
+                prepared = await self._prepare(waves[0], options, deadline, memory, body)
+                for index in range(len(waves)):
+                    if index + 1 < len(waves):
+                        ahead = asyncio.ensure_future(
+                            self._prepare(waves[index + 1], options, deadline, memory, body)
+                        )
+                    wave_results, wave_own_s = await self._complete(
+                        prepared, deadline, threshold, wave_size, options, keep_maps
+                    )
+                    own_s += wave_own_s
+                    for file, outcome in zip(prepared.files, wave_results, strict=True):
+                        results[file.index] = outcome
+                    if ahead is not None:
+                        prepared, ahead = await ahead, None
+            finally:
+                if ahead is not None:  # the request failed or was cancelled mid-way
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        (await ahead).stack.close()
         if body is not None:
             body.release()
         if slots is not None and files:
@@ -286,55 +208,74 @@ class Scorer:
         if wave:
             yield wave
 
-    async def _score_wave(
+    async def _prepare(
         self,
-        wave: list[_File],
+        files: list[_File],
         options: OutputOptions,
+        deadline: float,
+        memory: PixelRequest | None,
+        body: Grant | None,
+    ) -> _Prepared:
+        """A wave's memory grant, its images announced to the batcher, its files decoded; the
+        grant shrunk to what the decoded images keep."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stack = contextlib.ExitStack()
+        try:
+            grant = None
+            if memory is not None:
+                grant = stack.enter_context(await memory.acquire(_need(files)))
+            arrival = stack.enter_context(
+                self._inference.expecting(sum(f.plan.inputs for f in files))
+            )
+            outcomes = await decode_all(
+                [partial(self._decode, f, options, deadline, body) for f in files]
+            )
+            decoded = [
+                _Decoded(f, *o)
+                for f, o in zip(files, outcomes, strict=True)
+                if not isinstance(o, BaseException)
+            ]
+            if grant is not None:
+                grant.shrink(sum(d.file.plan.keep_bytes for d in decoded))
+        except BaseException:
+            stack.close()
+            raise
+        return _Prepared(files, outcomes, decoded, arrival, stack, loop.time() - started)
+
+    async def _complete(
+        self,
+        wave: _Prepared,
         deadline: float,
         threshold: float | None,
         wave_size: int,
-        body: Grant | None,
+        options: OutputOptions,
         keep_maps: bool,
     ) -> tuple[list[Scored | ServiceError], float]:
-        """Decode, infer, merge and render one wave under one memory grant; returns each file's
-        outcome and the wave's own time on the loop outside inference."""
+        """Infer, merge and render a decoded wave, then give its memory back; returns each
+        file's outcome and the wave's own time on the loop outside inference."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        need = sum(f.plan.need_bytes for f in wave)
-        grant = await self._memory.acquire(need, deadline=deadline) if self._memory else None
-        with grant if grant is not None else contextlib.nullcontext():
-            with self._inference.expecting(sum(f.plan.inputs for f in wave)) as arrival:
-                outcomes = await decode_all(
-                    [partial(self._decode, f, options, deadline, body) for f in wave]
-                )
-                decoded = [
-                    _Decoded(f, *o)
-                    for f, o in zip(wave, outcomes, strict=True)
-                    if not isinstance(o, BaseException)
-                ]
-                if grant is not None:
-                    grant.shrink(sum(d.file.plan.keep_bytes for d in decoded))
-                images = [image for d in decoded for image in d.image.inputs]
-                items: list[ItemResult] = []
-                for start in range(0, len(images), wave_size):
-                    chunk = images[start : start + wave_size]
-                    items += await self._inference.infer(chunk, deadline=deadline, arrival=arrival)
-            own_s = loop.time() - started
+        with wave.stack:
+            images = [image for d in wave.decoded for image in d.image.inputs]
+            items: list[ItemResult] = []
+            for start in range(0, len(images), wave_size):
+                chunk = images[start : start + wave_size]
+                items += await self._inference.infer(chunk, deadline=deadline, arrival=wave.arrival)
             render_started = loop.time()
-            per_file = _split(items, [len(d.image.inputs) for d in decoded])
+            per_file = _split(items, [len(d.image.inputs) for d in wave.decoded])
             finished = await asyncio.gather(
                 *(
                     self._workers.run(partial(self._finish, d.image, own, options, keep_maps))
-                    for d, own in zip(decoded, per_file, strict=True)
+                    for d, own in zip(wave.decoded, per_file, strict=True)
                 )
             )
-            own_s += loop.time() - render_started
+            own_s = wave.decode_s + loop.time() - render_started
         answers = iter(
             self._answer(d, own, done, encode_s, threshold)
-            for d, own, (done, encode_s) in zip(decoded, per_file, finished, strict=True)
+            for d, own, (done, encode_s) in zip(wave.decoded, per_file, finished, strict=True)
         )
         results: list[Scored | ServiceError] = []
-        for file, outcome in zip(wave, outcomes, strict=True):
+        for file, outcome in zip(wave.files, wave.outcomes, strict=True):
             if isinstance(outcome, ServiceError):
                 results.append(outcome)
             elif isinstance(outcome, BaseException):

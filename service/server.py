@@ -67,8 +67,11 @@ class HeaderDeadline:
         self._arm()
 
     def _awaiting_headers(self) -> bool:
+        # Between requests: the last one answered and its body read to the end. (A request
+        # answered early — a 503 before its upload — still has body bytes arriving, which the
+        # protocol drains; they are not the headers of a next request.)
         cycle = self.cycle
-        return cycle is None or cycle.response_complete
+        return cycle is None or (cycle.response_complete and not cycle.more_body)
 
     def _arm(self) -> None:
         if self._header_timer is None:

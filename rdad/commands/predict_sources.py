@@ -25,7 +25,8 @@ class LocalSource:
         from rdad.service.errors import ModelLoadError
         from rdad.service.local import DirectInference, InlineWorkers
         from rdad.service.plan import Layout
-        from rdad.service.scoring import Scorer, ScoringModel
+        from rdad.service.scoring import Scorer
+        from rdad.service.scoring_types import ScoringModel
         from rdad.service.settings import Settings
 
         settings = Settings(device="cpu")

@@ -39,7 +39,7 @@ from ..schemas import (
     file_error,
     prediction_result,
 )
-from ..scoring import Upload
+from ..scoring_types import Upload
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 

@@ -55,3 +55,40 @@ def test_verdict_and_normalisation_agree_at_the_threshold() -> None:
     assert cal.normalize(1.5) == 0.5
     assert not cal.is_anomalous(1.5) and cal.is_anomalous(1.5001)
     assert cal.normalize(1.4) < 0.5 < cal.normalize(1.6)
+
+
+def test_metadata_is_read_from_the_file_without_its_graph(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only ``metadata_props`` is parsed (the graph's weights are skipped, never loaded): the
+    same metadata as the ONNX library reads, and a cut-short or empty file is refused."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rdad.metadata import METADATA_KEY, read_onnx_metadata
+
+    meta = ModelMetadata(
+        backbone="resnet18",
+        image_size=64,
+        teacher_weights="random",
+        calibration=None,
+        precision="fp32",
+    )
+    weights = numpy_helper.from_array(np.ones((1000, 1000), np.float32), "w")  # 4 MB
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [weights],
+    )
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"other": "x", METADATA_KEY: meta.to_json()})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert read_onnx_metadata(path) == meta
+    data = path.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for name in ("cut.onnx", "empty.onnx"):
+        with pytest.raises(MetadataError, match="not a readable ONNX model"):
+            read_onnx_metadata(tmp_path / name)

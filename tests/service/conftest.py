@@ -25,7 +25,7 @@ from PIL import Image
 
 from rdad.service.app import create_app
 from rdad.service.engine import BatchOutput
-from rdad.service.scoring import Runner
+from rdad.service.scoring_types import Runner
 from rdad.service.settings import Settings
 
 MODEL_NAME = "tiny"

@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from rdad.service.admission import ModelAdmission
+from rdad.service.admission import LatencyModel, ModelAdmission
 from rdad.service.batcher import RunningWork
 from rdad.service.errors import BadImageError, OverloadedError, QueueFullError, RequestTimeoutError
-from rdad.service.latency import LatencyModel
 from rdad.service.memory import MemoryBudget
 from rdad.service.resources import MIB, default_memory_budget, memory_limit_bytes
 from rdad.service.scoring import decode_all
@@ -170,6 +169,36 @@ async def test_memory_budget_hold_releases_on_error() -> None:
             raise ValueError("bad image")
     assert budget.in_use == 0 and budget.seconds_per_byte is None
     assert budget.estimated_wait(10) is None  # nothing measured: never refuses on a guess
+
+
+async def test_a_started_request_finishes_before_later_ones_take_its_memory() -> None:
+    """Each request registers all its waves; a later one may use what is free beside a started
+    one, never what the started one needs for its next wave — and one that cannot finish in
+    time behind the work registered before it is refused at once."""
+    budget = MemoryBudget(100, pixel_reserve=100)
+    loop = asyncio.get_running_loop()
+    first = budget.pixel_request(160, deadline=loop.time() + 10)  # two waves of 80
+    wave = await first.acquire(80)
+    wave.shrink(10)  # decoded: only its model inputs stay
+    later = budget.pixel_request(20, deadline=loop.time() + 10)
+    small = await later.acquire(10)  # fits beside the next wave of the first (10 + 80 + 10)
+    small.release()
+    waiting = asyncio.ensure_future(later.acquire(20))  # would leave no room for it: waits
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    wave.release()
+    second = await first.acquire(80)  # the started request goes on first
+    assert not waiting.done()
+    first.close()
+    second.release()
+    (await waiting).release()
+    later.close()
+    assert budget.in_use == 0
+    budget.record(100, 1.0)  # 10 ms per byte
+    busy = budget.pixel_request(300, deadline=loop.time() + 100)
+    with pytest.raises(OverloadedError):  # 300 bytes ahead + its own 100: ~4 s > 1 s left
+        budget.pixel_request(100, deadline=loop.time() + 1)
+    busy.close()
 
 
 async def test_uploads_never_wait_and_never_crowd_out_a_decode() -> None:

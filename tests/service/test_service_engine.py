@@ -23,7 +23,7 @@ from rdad.service.device import (
     gpu_problem,
     resolve_providers,
 )
-from rdad.service.engine import load_engine
+from rdad.service.engine import ModelSource, load_engine
 from rdad.service.engine_onnxruntime import OnnxRuntimeEngine
 from rdad.service.errors import ModelLoadError
 from rdad.service.iobinding import BoundBuffers
@@ -166,7 +166,7 @@ def test_one_session_per_bucket_never_changes_shape(model_dir: Path) -> None:
         Recording(4),  # type: ignore[arg-type]
         loaded.metadata,
         settings,
-        loaded.source,
+        ModelSource("", loaded.identity.sha256),
         bucket_sessions={1: Recording(1), 2: Recording(2)},  # type: ignore[dict-item]
     )
     assert engine.sessions == 3 and engine.buckets == [1, 2, 4]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,7 @@ def test_auto_names_its_choice_in_the_log_and_models(
     expected = CPU if cuda_problem(0) is not None else engine.provider
     assert engine.provider == expected  # fp32 on a CPU host: ONNX Runtime, every time
     (line,) = [r.getMessage() for r in caplog.records if "sha256" in r.getMessage()]
-    assert "onnxruntime" in line and engine.source.runtime_reason in line
+    assert "onnxruntime" in line and engine.identity.runtime_reason in line
 
 
 async def test_models_show_the_runtime_reason_and_file_hash(
@@ -114,11 +116,12 @@ def test_a_model_is_built_from_one_read_of_its_file(
     reads: list[Path] = []
     real_read = ModelSource.read.__func__  # type: ignore[attr-defined]
 
-    def counting_read(cls: type[ModelSource], where: Path) -> ModelSource:
+    @contextlib.contextmanager
+    def counting_read(cls: type[ModelSource], where: Path) -> Iterator[ModelSource]:
         reads.append(where)
-        source = real_read(cls, where)
-        where.write_bytes(b"replaced while loading")  # a later open would see this
-        return source
+        with real_read(cls, where) as source:
+            where.write_bytes(b"replaced while loading")  # a later open would see this
+            yield source
 
     monkeypatch.setattr(ModelSource, "read", classmethod(counting_read))
     for runtime in ("onnxruntime", "openvino"):
