@@ -248,7 +248,7 @@ class ModelRepository:
         new = await self._load(name, scan, path, signature)
         if new is None:
             return None
-        self.pending[name].state = ModelState.WARMING
+        self.pending[name].warming()
         self._publish(self.pending[name])
         if not await self._warm(new):
             await new.batcher.close(timeout_s=0)
@@ -276,7 +276,7 @@ class ModelRepository:
             self._unpublish(pending)
 
     def _retire(self, model: ServedModel) -> None:
-        model.state = ModelState.DRAINING
+        model.drain()
         self.draining.append(model)
         self._publish(model)
         task = asyncio.create_task(self._drain(model), name=f"rdad-drain-{model.name}")
@@ -323,7 +323,7 @@ class ModelRepository:
             log.error("model %s: warm-up failed; it will not serve", model.name, exc_info=exc)
             self._fail(model.name, model.file, f"warm-up failed: {exc}")
             return False
-        model.state = ModelState.READY
+        model.ready()
         self._publish(model)
         log.info(
             "model %s (version %s) warm on %s (batch sizes %s) in %.2f s",

@@ -57,6 +57,14 @@ class ServedModel:
     def version(self) -> str:
         return self.engine.metadata.model_version
 
+    def ready(self) -> None:
+        """Warm: it takes requests."""
+        self.state = ModelState.READY
+
+    def drain(self) -> None:
+        """Replaced or removed: it finishes the requests it has, takes no new ones."""
+        self.state = ModelState.DRAINING
+
     @contextlib.contextmanager
     def lease(self) -> Iterator[ServedModel]:
         self.leases += 1
@@ -74,6 +82,10 @@ class PendingModel:
     file: str
     state: ModelState
     error: str | None = None
+
+    def warming(self) -> None:
+        """Loaded: its warm-up batches run."""
+        self.state = ModelState.WARMING
 
 
 @dataclass(frozen=True)

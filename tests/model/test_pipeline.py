@@ -200,3 +200,37 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6, msg=key)
     for key in ("image_threshold", "pixel_threshold", "score_scale"):
         assert b["calibration"][key] == pytest.approx(a["calibration"][key], rel=1e-5), key
+
+
+def test_export_into_a_watched_folder_replaces_the_file_in_one_step(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README suggests exporting straight into the served model folder: the new graph is
+    written under a hidden name there (which a folder scan never takes for a model) and renamed
+    over the old file in one step, so the service sees the old file or the new one, never a
+    half-written one."""
+    import os
+
+    from rdad.model import export as export_module
+    from rdad.service.model_folder import scan_folder
+
+    folder = tmp_path / "models"
+    out = folder / "tiny.onnx"
+    export_onnx(tiny_checkpoint, out)
+    old = out.read_bytes()
+    seen: list[tuple[str, bool, list[str]]] = []
+    real_replace = os.replace
+
+    def watching_replace(source: str, target: str) -> None:
+        # The moment before the rename: the old file is whole, the new one beside it is hidden.
+        seen.append((Path(source).name, out.read_bytes() == old, sorted(scan_folder(folder).files)))
+        assert Path(source).parent == folder
+        real_replace(source, target)
+
+    monkeypatch.setattr(export_module.os, "replace", watching_replace)
+    export_onnx(tiny_checkpoint, out, precision="fp16")
+    ((partial, old_intact, models),) = seen
+    assert partial.startswith(".") and not partial.endswith(".onnx")
+    assert old_intact and models == ["tiny"]
+    assert read_onnx_metadata(out).precision == "fp16"
+    assert sorted(p.name for p in folder.iterdir()) == ["tiny.onnx"]  # nothing left behind
