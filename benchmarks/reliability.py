@@ -39,6 +39,7 @@ import signal
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -67,28 +68,38 @@ from rdad import sysinfo
 # --- scenarios -------------------------------------------------------------------------------
 
 
-def memory(args: argparse.Namespace) -> dict[str, Any]:
-    image = flat_png(6000, 6500)
-    server = Server(args.model_dir, {}, args.out / "serve-memory.log")
+def peak_memory_run(
+    args: argparse.Namespace,
+    name: str,
+    load: Callable[[Server], Coroutine[Any, Any, list[tuple[int, float]]]],
+) -> dict[str, Any]:
+    """Start a server with default settings, run ``load`` against it on the load client's loop,
+    stop it: idle RSS, peak RSS (the kernel's high-water mark), wall time and outcomes."""
+    server = Server(args.model_dir, {}, args.out / f"serve-{name}.log")
     idle = server.rss_mb()
-
-    async def run() -> list[tuple[int, float]]:
-        files = [(f"flat{i}.png", image) for i in range(16)]
-        async with httpx.AsyncClient(base_url=server.url, timeout=900) as client:
-            return await asyncio.gather(*(post(client, files) for _ in range(6)))
-
     start = time.monotonic()
-    results = asyncio.run(run())
+    results = run_client(load(server))
     wall = time.monotonic() - start
     peak = server.peak_mb()
     server.stop()
     return {
-        "png_bytes": len(image),
         "rss_idle_mb": round(idle, 1),
         "peak_rss_mb": round(peak, 1),
         "wall_s": round(wall, 2),
         "outcomes": summarize(results),
     }
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    """6 concurrent requests × 16 flat 6000×6500 PNGs."""
+    image = flat_png(6000, 6500)
+
+    async def load(server: Server) -> list[tuple[int, float]]:
+        files = [(f"flat{i}.png", image) for i in range(16)]
+        async with httpx.AsyncClient(base_url=server.url, timeout=900) as client:
+            return await asyncio.gather(*(post(client, files) for _ in range(6)))
+
+    return {"png_bytes": len(image), **peak_memory_run(args, "memory", load)}
 
 
 def burst(args: argparse.Namespace) -> dict[str, Any]:
@@ -471,64 +482,43 @@ CLIENT_ERRORS: Counter[str] = Counter()
 
 
 def uploads(args: argparse.Namespace, clients: int = 256) -> dict[str, Any]:
-    """``clients`` concurrent clients each uploading one ~50 MB image (default settings)."""
+    """``clients`` concurrent clients each uploading one ~50 MB image."""
     image = noise_png(49 * 1024 * 1024)
-    server = Server(args.model_dir, {}, args.out / "serve-uploads.log")
-    idle = server.rss_mb()
-    request = raw_request(server.port, [("noise.png", image)])
+    size: list[int] = []
 
-    async def run() -> list[tuple[int, float]]:
+    async def load(server: Server) -> list[tuple[int, float]]:
+        request = raw_request(server.port, [("noise.png", image)])
+        size.append(len(request))
         return await asyncio.gather(
             *(chunked_post(server.port, request, 600) for _ in range(clients))
         )
 
-    start = time.monotonic()
-    results = run_client(run())
-    wall = time.monotonic() - start
-    peak = server.peak_mb()
-    server.stop()
+    figures = peak_memory_run(args, "uploads", load)
     return {
         "clients": clients,
-        "upload_bytes": len(request),
-        "rss_idle_mb": round(idle, 1),
-        "peak_rss_mb": round(peak, 1),
-        "wall_s": round(wall, 1),
-        "outcomes": summarize(results),
+        "upload_bytes": size[0],
+        **figures,
         "client_errors": dict(CLIENT_ERRORS),
     }
 
 
 def renders(args: argparse.Namespace, count: int = 16) -> dict[str, Any]:
     """``count`` concurrent requests of a flat 6000×6600 PNG with an original-size heatmap and
-    mask, an overlay and regions (default settings)."""
+    mask, an overlay and regions."""
     image = flat_png(6000, 6600)
-    server = Server(args.model_dir, {}, args.out / "serve-renders.log")
-    idle = server.rss_mb()
     params = {
         "heatmap": "true", "mask": "true", "overlay": "true", "regions": "true",
         "heatmap_size": "original",
     }  # fmt: skip
 
-    async def run() -> list[tuple[int, float]]:
+    async def load(server: Server) -> list[tuple[int, float]]:
         limits = httpx.Limits(max_connections=count + 2)
         async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as client:
             return await asyncio.gather(
                 *(post(client, [("flat.png", image)], params) for _ in range(count))
             )
 
-    start = time.monotonic()
-    results = asyncio.run(run())
-    wall = time.monotonic() - start
-    peak = server.peak_mb()
-    server.stop()
-    return {
-        "requests": count,
-        "png_bytes": len(image),
-        "rss_idle_mb": round(idle, 1),
-        "peak_rss_mb": round(peak, 1),
-        "wall_s": round(wall, 1),
-        "outcomes": summarize(results),
-    }
+    return {"requests": count, "png_bytes": len(image), **peak_memory_run(args, "renders", load)}
 
 
 SCENARIOS = {

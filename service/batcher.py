@@ -60,10 +60,20 @@ class RunningWork:
 
 class Arrival:
     """Images announced to a batcher as on their way (being decoded): see
-    :meth:`Batcher.expecting`. Only the batcher changes ``pending``."""
+    :meth:`Batcher.expecting`."""
 
     def __init__(self, count: int) -> None:
-        self.pending = count
+        self._pending = count
+
+    def take(self, count: int) -> int:
+        """``count`` of the announced images arrive: how many were still announced."""
+        taken = min(self._pending, count)
+        self._pending -= taken
+        return taken
+
+    def withdraw(self) -> int:
+        """The rest will not come: how many were still announced."""
+        return self.take(self._pending)
 
 
 @dataclass(eq=False)
@@ -148,8 +158,7 @@ class Batcher:
         try:
             yield arrival
         finally:
-            self._incoming -= arrival.pending
-            arrival.pending = 0
+            self._incoming -= arrival.withdraw()
             self._wakeup.set()
 
     def start(self) -> None:
@@ -174,9 +183,7 @@ class Batcher:
         now = loop.time()
         items = [_Item(img, loop.create_future(), now, deadline) for img in images]
         if arrival is not None:
-            taken = min(arrival.pending, len(items))
-            arrival.pending -= taken
-            self._incoming -= taken
+            self._incoming -= arrival.take(len(items))
         self._pending.extend(items)
         self._update_depth()
         # Launch here rather than through the collector task: under a burst, every extra turn

@@ -1,11 +1,11 @@
-"""Pydantic response models: what clients get, and what ``/docs`` shows."""
+"""Pydantic models of the API: the predict query flags, what clients get, what ``/docs`` shows."""
 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from .scoring_types import Scored
@@ -178,3 +178,79 @@ class HealthStatus(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable error code")
     detail: Any = Field(description="human-readable explanation")
+
+
+# --- POST /predict in the OpenAPI schema -----------------------------------------------------
+
+
+_PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "not an image, or corrupt / truncated",
+        401: "API key missing or wrong",
+        404: "unknown model",
+        408: "the upload stalled or came slower than the minimum rate (RDAD_READ_TIMEOUT_S, "
+        "RDAD_MIN_UPLOAD_RATE_KB_S): cut off",
+        413: "upload over the size limit, or image over the pixel limit",
+        415: "not multipart/form-data, or a file that is not an image",
+        422: "no file, too many files, malformed multipart, or bad query flags",
+        500: "inference failed for the batch this request was in",
+        503: "refused before any work: queue full, cannot finish before its deadline or no "
+        "memory for the upload (overloaded), or not ready; see Retry-After",
+        504: "accepted, but timed out (counted from the end of the upload) before it finished",
+    }.items()
+}
+_PREDICT_OK: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": PredictionResult | PredictBatchResponse,
+        "content": {"image/png": {}},
+        "description": "one JSON object per single-file request; {results: [...]} for `files`, "
+        "one result or error object per file, 200 when at least one file was scored; "
+        "the heatmap PNG with `Accept: image/png`",
+    }
+}
+
+
+class PredictQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    heatmap: bool = Field(True, description="include heatmap_png")
+    overlay: bool = Field(False, description="include overlay_png (heatmap over the image)")
+    mask: bool = Field(False, description="include mask_png (binary, calibrated pixel threshold)")
+    regions: bool = Field(False, description="include connected regions of the mask")
+    heatmap_size: Literal["model", "original"] = Field(
+        "model", description="heatmap and mask at the model's resolution or the image's own size"
+    )
+    threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="verdict threshold in normalised units, 0-1 exclusive (default: the model's "
+        "calibrated threshold, which is 0.5). Lower = more sensitive. The mask and regions keep "
+        "the calibrated pixel threshold.",
+    )
+
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {**_PREDICT_OK, **_PREDICT_ERRORS}
+
+# The body is read by the route itself (service.multipart): its multipart schema is declared here.
+PREDICT_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "one image"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "several images: one result or error object each",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}

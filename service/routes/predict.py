@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from ..admission import Reservation
 from ..deps import RuntimeDep, require_api_key
@@ -31,65 +31,19 @@ from ..multipart import FilePart, boundary_of, read_files
 from ..render import OutputOptions
 from ..runtime import ServedModel, ServiceRuntime
 from ..schemas import (
-    ErrorBody,
+    PREDICT_REQUEST_BODY,
+    PREDICT_RESPONSES,
     FileError,
     ModelRef,
     PredictBatchResponse,
     PredictionResult,
+    PredictQuery,
     file_error,
     prediction_result,
 )
 from ..scoring_types import Upload
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        400: "not an image, or corrupt / truncated",
-        401: "API key missing or wrong",
-        404: "unknown model",
-        408: "the upload stalled or came slower than the minimum rate (RDAD_READ_TIMEOUT_S, "
-        "RDAD_MIN_UPLOAD_RATE_KB_S): cut off",
-        413: "upload over the size limit, or image over the pixel limit",
-        415: "not multipart/form-data, or a file that is not an image",
-        422: "no file, too many files, malformed multipart, or bad query flags",
-        500: "inference failed for the batch this request was in",
-        503: "refused before any work: queue full, cannot finish before its deadline or no "
-        "memory for the upload (overloaded), or not ready; see Retry-After",
-        504: "accepted, but timed out (counted from the end of the upload) before it finished",
-    }.items()
-}
-_OK: dict[int | str, dict[str, Any]] = {
-    200: {
-        "model": PredictionResult | PredictBatchResponse,
-        "content": {"image/png": {}},
-        "description": "one JSON object per single-file request; {results: [...]} for `files`, "
-        "one result or error object per file, 200 when at least one file was scored; "
-        "the heatmap PNG with `Accept: image/png`",
-    }
-}
-
-
-class PredictQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    heatmap: bool = Field(True, description="include heatmap_png")
-    overlay: bool = Field(False, description="include overlay_png (heatmap over the image)")
-    mask: bool = Field(False, description="include mask_png (binary, calibrated pixel threshold)")
-    regions: bool = Field(False, description="include connected regions of the mask")
-    heatmap_size: Literal["model", "original"] = Field(
-        "model", description="heatmap and mask at the model's resolution or the image's own size"
-    )
-    threshold: float | None = Field(
-        None,
-        gt=0.0,
-        lt=1.0,
-        description="verdict threshold in normalised units, 0-1 exclusive (default: the model's "
-        "calibrated threshold, which is 0.5). Lower = more sensitive. The mask and regions keep "
-        "the calibrated pixel threshold.",
-    )
-
 
 Flags = Annotated[PredictQuery, Query()]
 
@@ -310,37 +264,12 @@ def _json(model: BaseModel, status: int) -> JSONResponse:
     return JSONResponse(_dump(model), status_code=status)
 
 
-RESPONSES: dict[int | str, dict[str, Any]] = {**_OK, **_ERRORS}
-
-# The body is read by the route itself (service.upload), so the multipart schema is declared here.
-_REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "one image"},
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "several images: one result or error object each",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
-
-
 @router.post(
     "/predict",
     summary="Score images with the default model",
     response_model=None,
-    responses=RESPONSES,
-    openapi_extra=_REQUEST_BODY,
+    responses=PREDICT_RESPONSES,
+    openapi_extra=PREDICT_REQUEST_BODY,
 )
 async def predict_default(request: Request, runtime: RuntimeDep, flags: Flags) -> Response:
     return await _predict(request, runtime, None, flags)
@@ -350,8 +279,8 @@ async def predict_default(request: Request, runtime: RuntimeDep, flags: Flags) -
     "/models/{name}/predict",
     summary="Score images with a named model",
     response_model=None,
-    responses=RESPONSES,
-    openapi_extra=_REQUEST_BODY,
+    responses=PREDICT_RESPONSES,
+    openapi_extra=PREDICT_REQUEST_BODY,
 )
 async def predict_named(name: str, request: Request, runtime: RuntimeDep, flags: Flags) -> Response:
     return await _predict(request, runtime, name, flags)
