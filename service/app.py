@@ -25,7 +25,7 @@ from .middleware import (
     HeaderLimitMiddleware,
     RequestMetricsMiddleware,
 )
-from .routes import health, metrics, models, predict, ui
+from .routes import models, monitoring, predict, ui
 from .runtime import RunnerHook, ServiceRuntime
 from .settings import Settings
 
@@ -76,6 +76,6 @@ def create_app(
     app.add_middleware(ApiKeyGateMiddleware, api_key=settings.api_key)  # before any body read
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s
-    for module in (predict, models, health, metrics, ui):
-        app.include_router(module.router)
+    for router in (predict.router, models.router, monitoring.health, monitoring.metrics, ui.router):
+        app.include_router(router)
     return app

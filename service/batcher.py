@@ -23,7 +23,7 @@ that size (504 at once, no compute spent); an exception in the runner fails that
 
 State. Everything here is owned by the batcher and changed only by its own methods on the event
 loop: the queue, the images announced as on their way (:meth:`Batcher.expecting`), the batches in
-flight (read by admission and the watchdog through :meth:`Batcher.running`) and the
+flight (read by admission and the liveness check through :meth:`Batcher.running`) and the
 :class:`~service.admission.LatencyModel` it records every batch into.
 """
 
@@ -50,7 +50,7 @@ log = logging.getLogger("rdad.service.batcher")
 
 @dataclass(frozen=True)
 class RunningWork:
-    """What the model is running now: admission's wait estimate and the watchdog read it."""
+    """What the model is running now: admission's wait estimate and the liveness check read it."""
 
     since: float | None
     """``loop.time()`` when the oldest batch in flight started (``None``: nothing runs)."""

@@ -113,25 +113,21 @@ class MemoryBudget:
 
     def body(self, declared: int | None) -> Grant:
         """A body grant for an upload about to be read, holding nothing yet. With a declared
-        size (``Content-Length``) that does not fit in the room bodies have left, 503 at once,
-        before one byte is read; an upload alone may always try (up to the body limit)."""
-        if declared is not None and self._body_in_use > 0:
-            room = min(self.body_limit - self._body_in_use, self.total - self._in_use)
-            if declared > room:
-                raise self._bodies_full(declared)
+        size (``Content-Length``) that does not fit in the room left now, 503 at once, before
+        one byte is read."""
+        if declared is not None and declared > self._body_room():
+            raise self._bodies_full(declared)
         return Grant(self, 0, body=True)
+
+    def _body_room(self) -> int:
+        return min(self.body_limit - self._body_in_use, self.total - self._in_use)
 
     def _grow_body(self, grant: Grant, nbytes: int) -> None:
         if not grant.body:
             raise ValueError("only body grants grow without waiting")
         if nbytes <= 0:
             return
-        fits_bodies = self._body_in_use + nbytes <= self.body_limit
-        fits_total = self._in_use + nbytes <= self.total
-        # A body that is the only one in flight may go up to the body limit even when pixel
-        # grants have borrowed part of it: they are transient and the limit bounds the excess.
-        alone = self._body_in_use == grant.nbytes
-        if not (fits_bodies and (fits_total or alone)):
+        if nbytes > self._body_room():
             raise self._bodies_full(nbytes)
         self._body_in_use += nbytes
         self._in_use += nbytes

@@ -45,9 +45,10 @@ from .scoring_types import (
     ScoringModel,
     Timings,
     Upload,
+    Verdict,
     Workers,
+    judge,
 )
-from .verdict import Verdict, judge
 
 T = TypeVar("T")
 

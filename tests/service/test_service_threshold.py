@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rdad.service.verdict import judge, raw_threshold
+from rdad.service.scoring_types import judge, raw_threshold
 
 
 async def test_threshold_override_moves_the_verdict(
