@@ -103,3 +103,46 @@ def test_built_wheel_serves_without_torch(
         zf.extractall(site)
     origin = serve_without_torch(model_dir, cwd=tmp_path, pythonpath=site)
     assert origin == site / "rdad" / "service" / "__init__.py"
+
+
+def test_the_scoring_flow_imports_without_a_web_framework(tiny_onnx: Path, tmp_path: Path) -> None:
+    """``rdad eval`` runs the service's scoring flow in the training image, which has no FastAPI,
+    pydantic, starlette or prometheus-client: the flow, its local runner and eval must import
+    and score without them."""
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+
+        BLOCKED = ("fastapi", "pydantic", "pydantic_settings", "starlette", "prometheus_client",
+                   "uvicorn", "python_multipart", "fastapi_offline")
+
+        class NoWeb(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"{{name}} is blocked in this test")
+
+        sys.meta_path.insert(0, NoWeb())
+        from pathlib import Path
+        from rdad.model.evaluate import load_for_eval
+        from rdad.model.scoring import score_images
+        from rdad.model.synthetic import good_part
+        import cv2, numpy as np
+
+        model = load_for_eval(Path({str(tiny_onnx)!r}))
+        path = Path(sys.argv[1]) / "part.png"
+        cv2.imwrite(str(path), good_part(np.random.default_rng(0), 64))
+        scored = score_images(model.predict, [path], image_size=model.image_size,
+                              tiling=model.tiling, grid=32, calibration=model.calibration)
+        assert scored.maps.shape == (1, 32, 32) and len(scored.scores) == 1, scored
+        assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
