@@ -7,29 +7,17 @@ the heatmap PNG itself, with the verdict in ``X-Anomaly-*`` headers.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from ..admission import Reservation
 from ..deps import RuntimeDep, require_api_key
-from ..errors import (
-    ClientDisconnectedError,
-    InvalidRequestError,
-    NotReadyError,
-    QueueFullError,
-    ServiceError,
-    UnsupportedMediaTypeError,
-)
-from ..memory import Grant
-from ..middleware import ARRIVAL_KEY
+from ..errors import InvalidRequestError, ServiceError, UnsupportedMediaTypeError
 from ..multipart import FilePart, boundary_of, read_files
 from ..render import OutputOptions
-from ..runtime import ServedModel, ServiceRuntime
+from ..runtime import ServiceRuntime
 from ..schemas import (
     PREDICT_REQUEST_BODY,
     PREDICT_RESPONSES,
@@ -41,6 +29,7 @@ from ..schemas import (
     file_error,
     prediction_result,
 )
+from ..scoring_request import AdmittedRequest, admitted, until_disconnect
 from ..scoring_types import Upload
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -80,17 +69,6 @@ def _as_upload(part: FilePart, index: int, multi: bool) -> Upload | ServiceError
     return Upload(name, part.data)  # the part's buffer itself: no copy of the upload
 
 
-def arrival_time(request: Request) -> float:
-    """When the request reached the app (``loop.time()``), stamped by the metrics middleware."""
-    arrived = request.scope.get("state", {}).get(ARRIVAL_KEY)
-    return float(arrived) if arrived is not None else asyncio.get_running_loop().time()
-
-
-def _declared_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    return int(value) if value is not None and value.isdigit() else None
-
-
 def _choose(files: list[FilePart]) -> bool:
     """Whether the request is multi-file (field ``files``); checks the field combination."""
     fields = {part.name for part in files}
@@ -103,107 +81,43 @@ def _choose(files: list[FilePart]) -> bool:
     return fields == {"files"}
 
 
-def _ensure_serving(runtime: ServiceRuntime, model: ServedModel) -> None:
-    # A draining version (replaced by a hot reload) still answers the requests routed to it.
-    if not model.state.serves:
-        reason = model.error or "the model is still warming up"
-        raise NotReadyError(reason, retry_after_s=runtime.settings.retry_after_s)
-
-
 async def _predict(
     request: Request, runtime: ServiceRuntime, name: str | None, query: PredictQuery
 ) -> Response:
     """Admission (images, then upload bytes) before the body is read; the body as it streams,
     every file part admitted as it begins; then the scoring flow, until the answer or the
     client hanging up."""
-    loop = asyncio.get_running_loop()
-    arrival = arrival_time(request)
     settings = runtime.settings
     boundary_of(request.headers.get("content-type", ""))  # 415 before anything else
-    # The lease keeps this version serving until the answer is built, even if a hot reload
-    # replaces it meanwhile (service/model_repository.py).
-    with runtime.lease(name) as model:
-        _ensure_serving(runtime, model)
-        # Judged against the earliest the answer could be due: the upload has its own deadline
-        # (the read timeout and minimum rate), and the request timeout counts from its end.
-        due = arrival + settings.request_timeout_s
-        try:
-            with (
-                model.admission.reserve(1, now=loop.time(), deadline=due) as reservation,
-                runtime.memory.body(_declared_length(request)) as body,
-            ):
-                seen = 0
+    async with admitted(request, runtime, name) as admission:
+        seen = 0
 
-                def on_file(part: FilePart) -> None:
-                    nonlocal seen
-                    seen += 1
-                    if seen > settings.max_files:
-                        raise InvalidRequestError(
-                            f"more than {settings.max_files} files in one request"
-                        )
-                    if seen > reservation.images:
-                        reservation.grow(1, now=loop.time(), deadline=due)
+        def on_file(part: FilePart) -> None:
+            nonlocal seen
+            seen += 1
+            if seen > settings.max_files:
+                raise InvalidRequestError(f"more than {settings.max_files} files in one request")
+            admission.hold_images(seen)
 
-                files = await read_files(request, on_file, body.grow_now)
-                deadline = loop.time() + settings.request_timeout_s
-                multi = _choose(files)
-                uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
-                del files  # the uploads hold the bytes now, and give them up as they decode
-                work = _score(
-                    request, runtime, model, query, uploads, multi, deadline, reservation, body
-                )
-                return await _until_disconnect(request, work)
-        except QueueFullError as exc:  # refused: queue full, overloaded, or no memory
-            runtime.metrics.overloaded.labels(model.name, exc.code).inc()
-            runtime.metrics.shed_latency.labels(model.name).observe(loop.time() - arrival)
-            raise
-
-
-async def _until_disconnect(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
-    """Run ``work`` but cancel it when the client hangs up: its queued images leave the batcher
-    and its decodes are not started (no work for nobody).
-
-    ``work`` runs in this task (not a task of its own, which would start one turn of the event
-    loop later — under a burst, behind hundreds of other requests' steps); the watcher cancels
-    this task. The watcher only runs while ``work`` awaits: ``finally`` cancels it before this
-    task awaits anything else.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone:  # cancelled by the watcher: the client is gone, not the server stopping
-            task.uncancel()
-            raise ClientDisconnectedError("the client closed the connection") from None
-        raise
-    finally:
-        watcher.cancel()
+        files = await read_files(request, on_file, admission.body.grow_now)
+        deadline = admission.deadline()
+        multi = _choose(files)
+        uploads = [_as_upload(part, i, multi) for i, part in enumerate(files)]
+        del files  # the uploads hold the bytes now, and give them up as they decode
+        work = _score(request, runtime, admission, query, uploads, multi, deadline)
+        return await until_disconnect(request, work)
 
 
 async def _score(
     request: Request,
     runtime: ServiceRuntime,
-    model: ServedModel,
+    admission: AdmittedRequest,
     query: PredictQuery,
     uploads: list[Upload | ServiceError],
     multi: bool,
     deadline: float,
-    reservation: Reservation,
-    body: Grant,
 ) -> Response:
+    model = admission.model
     png = not multi and _wants_png(request.headers.get("accept"))
     options = OutputOptions(
         heatmap=query.heatmap or png,  # the PNG answer is the heatmap itself
@@ -219,8 +133,8 @@ async def _score(
         options,
         deadline=deadline,
         threshold=query.threshold,
-        slots=reservation,
-        body=body,
+        slots=admission.reservation,
+        body=admission.body,
     )
     ref = ModelRef(name=model.name, version=model.version)
     if not multi:
