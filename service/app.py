@@ -25,7 +25,7 @@ from .middleware import (
     HeaderLimitMiddleware,
     RequestMetricsMiddleware,
 )
-from .routes import models, monitoring, predict, ui
+from .routes import models, monitoring, open_inference, predict, ui
 from .runtime import RunnerHook, ServiceRuntime
 from .settings import Settings
 
@@ -76,6 +76,15 @@ def create_app(
     app.add_middleware(ApiKeyGateMiddleware, api_key=settings.api_key)  # before any body read
     app.add_middleware(HeaderLimitMiddleware)
     app.add_middleware(RequestMetricsMiddleware, runtime=runtime)  # outermost: counts the 413s
-    for router in (predict.router, models.router, monitoring.health, monitoring.metrics, ui.router):
+    routers = (
+        predict.router,
+        models.router,
+        open_inference.server,
+        open_inference.models,
+        monitoring.health,
+        monitoring.metrics,
+        ui.router,
+    )
+    for router in routers:
         app.include_router(router)
     return app

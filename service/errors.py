@@ -38,6 +38,12 @@ class InvalidRequestError(ServiceError):
     code = "invalid_request"
 
 
+class PayloadTooLargeError(ServiceError):
+    """A part of the request over a size limit of its own (the body's limit is the middleware's)."""
+
+    code = "payload_too_large"
+
+
 class ModelNotFoundError(ServiceError):
     code = "model_not_found"
 
@@ -99,6 +105,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     ModelNotFoundError: 404,
     UploadTimeoutError: 408,
     ImageTooLargeError: 413,
+    PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     InvalidRequestError: 422,
     ModelLoadError: 422,

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .deps import UNAUTHORIZED, token_is_valid
 from .errors import UploadTimeoutError
-from .http_errors import error_response
+from .http_errors import error_response, route_path
 from .runtime import ServiceRuntime
 
 ARRIVAL_KEY = "rdad_arrival"
@@ -57,7 +57,9 @@ class BodyLimitMiddleware:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             detail = UploadTooLarge(self.max_bytes).detail
-            response = error_response(413, "payload_too_large", detail, {"Connection": "close"})
+            response = error_response(
+                413, "payload_too_large", detail, {"Connection": "close"}, path=route_path(scope)
+            )
             await response(scope, receive, send)
             return
         received = 0
@@ -110,7 +112,13 @@ class HeaderLimitMiddleware:
             size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
             if size > self.max_bytes:
                 detail = f"request headers total {size:,} bytes, over {self.max_bytes:,}"
-                response = error_response(431, "headers_too_large", detail, {"Connection": "close"})
+                response = error_response(
+                    431,
+                    "headers_too_large",
+                    detail,
+                    {"Connection": "close"},
+                    path=route_path(scope),
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -138,21 +146,12 @@ class ApiKeyGateMiddleware:
             and not token_is_valid(self.api_key, Headers(scope=scope).get("authorization"))
         ):
             headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}
-            response = error_response(401, "unauthorized", UNAUTHORIZED, headers)
+            response = error_response(
+                401, "unauthorized", UNAUTHORIZED, headers, path=route_path(scope)
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def route_path(scope: Scope) -> str:
-    """The path the router matches: behind a ``root_path`` (a proxy prefix, ``RDAD_ROOT_PATH`` or
-    uvicorn's ``--root-path``) ``scope["path"]`` holds the full path, prefix included, and the
-    router strips it; the gate must judge the same path the router will route."""
-    path = str(scope["path"])
-    root = str(scope.get("root_path") or "")
-    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
-        return path[len(root) :]
-    return path
 
 
 class RequestMetricsMiddleware:

@@ -15,7 +15,7 @@ are: never copied into ``bytes``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -111,6 +111,17 @@ def _parser(boundary: bytes, state: _State) -> MultipartParser:
     )
 
 
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; a client hanging up mid-body is
+    :class:`ClientDisconnectedError`."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise ClientDisconnectedError("the client closed the connection mid-upload") from None
+
+
 async def read_files(
     request: Request,
     on_file: Callable[[FilePart], None],
@@ -123,11 +134,10 @@ async def read_files(
     state = _State()
     parser = _parser(boundary, state)
     try:
-        async for chunk in request.stream():
-            if chunk:
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-                parser.write(chunk)
+        async for chunk in body_chunks(request):
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            parser.write(chunk)
             for part in state.started:
                 on_file(part)
             state.started.clear()
@@ -138,6 +148,4 @@ async def read_files(
         parser.finalize()
     except MultipartParseError as exc:
         raise InvalidRequestError(f"malformed multipart body: {str(exc)[:120]}") from None
-    except ClientDisconnect:
-        raise ClientDisconnectedError("the client closed the connection mid-upload") from None
     return state.files

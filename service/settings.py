@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = True
 
+    # --- processes ----------------------------------------------------------------------------
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes on the one port, each with its own models, batchers and event loop,
+    sharing the device(s): for when one event loop, not the model, limits the rate (small models
+    on a GPU). Each worker holds its own copy of every model (and a CUDA context on a GPU). With
+    more than one, unset thread counts and the memory budget are split between them, and
+    ``/metrics`` sums every worker (see docs/workers.md)."""
+    run_dir: Path | None = None
+    """Folder the workers share (metric files, reload requests) when ``workers`` > 1. Default:
+    a new temporary folder, removed at exit. A given folder is emptied of rdad's files at start."""
+
     # --- dynamic batching ---------------------------------------------------------------------
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     max_delay_ms: float = Field(default=5.0, ge=0.0)
@@ -143,6 +154,10 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=50.0, gt=0.0)
     """Whole request body; larger uploads get 413 before the body is read."""
     max_files: int = Field(default=16, ge=1)
+    """Files per ``/predict`` request, and images per Open Inference Protocol ``infer``."""
+    v2_max_json_mb: float = Field(default=4.0, gt=0.0)
+    """The JSON header of an Open Inference Protocol request (numbers parsed from JSON take many
+    times their size in memory: send images as binary tensors, or as BYTES)."""
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Per image, read from the header before decoding (decompression bombs)."""
     overlay_max_side: int = Field(default=1024, ge=16)
@@ -244,6 +259,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def v2_max_json_bytes(self) -> int:
+        return int(self.v2_max_json_mb * 1024 * 1024)
 
     @property
     def max_delay_s(self) -> float:
