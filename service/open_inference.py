@@ -82,7 +82,7 @@ def _bad(message: str) -> InvalidRequestError:
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and d >= 0 for d in raw):
-        raise _bad(f"input '{name}': 'shape' must be a list of non-negative integers")
+        raise _bad(f"tensor '{name}': 'shape' must be a list of non-negative integers")
     return tuple(raw)
 
 
@@ -91,66 +91,66 @@ def _bytes_items(data: memoryview, count: int, name: str) -> list[memoryview]:
     items, offset = [], 0
     while offset < len(data):
         if offset + 4 > len(data):
-            raise _bad(f"input '{name}': a BYTES element's 4-byte length is cut off")
+            raise _bad(f"tensor '{name}': a BYTES element's 4-byte length is cut off")
         size = int.from_bytes(data[offset : offset + 4], "little")
         offset += 4
         if offset + size > len(data):
-            raise _bad(f"input '{name}': a BYTES element is longer than its binary data")
+            raise _bad(f"tensor '{name}': a BYTES element is longer than its binary data")
         items.append(data[offset : offset + size])
         offset += size
     if len(items) != count:
-        raise _bad(f"input '{name}': {len(items)} BYTES elements for a shape of {count}")
+        raise _bad(f"tensor '{name}': {len(items)} BYTES elements for a shape of {count}")
     return items
 
 
 def _json_items(data: Any, count: int, name: str) -> list[bytes]:
     values = np.asarray(data, dtype=object).ravel().tolist() if isinstance(data, list) else []
     if len(values) != count or not all(isinstance(v, str) for v in values):
-        raise _bad(f"input '{name}': BYTES data must be {count} base64 strings")
+        raise _bad(f"tensor '{name}': BYTES data must be {count} base64 strings")
     try:
         return [base64.b64decode(v, validate=True) for v in values]
     except (binascii.Error, ValueError):
-        raise _bad(f"input '{name}': BYTES data in JSON must be base64") from None
+        raise _bad(f"tensor '{name}': BYTES data in JSON must be base64") from None
 
 
 def _numeric(raw: Any, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
     try:
         wide = np.asarray(raw, dtype=np.float64 if dtype.kind == "f" else np.int64)
     except (TypeError, ValueError, OverflowError):
-        raise _bad(f"input '{name}': 'data' must hold numbers") from None
+        raise _bad(f"tensor '{name}': 'data' must hold numbers") from None
     if wide.size != math.prod(shape):
-        raise _bad(f"input '{name}': {wide.size} values for shape {list(shape)}")
+        raise _bad(f"tensor '{name}': {wide.size} values for shape {list(shape)}")
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
         if wide.size and (wide.min() < info.min or wide.max() > info.max):
-            raise _bad(f"input '{name}': values out of the range of {dtype.name}")
+            raise _bad(f"tensor '{name}': values out of the range of {dtype.name}")
     return wide.astype(dtype).reshape(shape)
 
 
 def _tensor(raw: Any, binary: memoryview, offset: int) -> tuple[Tensor, int]:
     """One input from its JSON object; binary data is taken from ``binary`` at ``offset``."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise _bad("every input needs a 'name'")
+        raise _bad("every tensor needs a 'name'")
     name, datatype = raw["name"], raw.get("datatype")
     shape = _shape(raw.get("shape"), name)
     if datatype != "BYTES" and datatype not in NUMERIC:
-        raise _bad(f"input '{name}': unknown datatype {str(datatype)[:16]!r}")
+        raise _bad(f"tensor '{name}': unknown datatype {str(datatype)[:16]!r}")
     count = math.prod(shape)
     params = raw.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise _bad(f"input '{name}': binary_data_size beyond the request's binary data")
+            raise _bad(f"tensor '{name}': binary_data_size beyond the request's binary data")
         data = binary[offset : offset + size]
         if datatype == "BYTES":
             return Tensor(name, datatype, shape, items=_bytes_items(data, count, name)), size
         dtype = NUMERIC[datatype]
         if size != count * dtype.itemsize:
-            raise _bad(f"input '{name}': {size} bytes for {count} {datatype} values")
+            raise _bad(f"tensor '{name}': {size} bytes for {count} {datatype} values")
         array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
         return Tensor(name, datatype, shape, array=array), size
     if "data" not in raw:
-        raise _bad(f"input '{name}': no 'data' and no binary_data_size")
+        raise _bad(f"tensor '{name}': no 'data' and no binary_data_size")
     if datatype == "BYTES":
         return Tensor(name, datatype, shape, items=list(_json_items(raw["data"], count, name))), 0
     return Tensor(
@@ -158,10 +158,11 @@ def _tensor(raw: Any, binary: memoryview, offset: int) -> tuple[Tensor, int]:
     ), 0
 
 
-def parse_infer_request(
-    body: memoryview, header_length: int | None, *, max_json_bytes: int
-) -> InferRequest:
-    """The request in ``body``; ``header_length`` from ``Inference-Header-Content-Length``
+def parse_message(
+    body: memoryview, header_length: int | None, *, key: str, max_json_bytes: int
+) -> tuple[dict[str, Any], list[Tensor]]:
+    """A request (``key="inputs"``) or a response (``key="outputs"``) in ``body``: its JSON
+    header and its tensors. ``header_length`` from ``Inference-Header-Content-Length``
     (``None``: the whole body is JSON). 400 for anything malformed, 413 for a JSON header over
     ``max_json_bytes``."""
     length = len(body) if header_length is None else header_length
@@ -175,17 +176,25 @@ def parse_infer_request(
     try:
         header = json.loads(bytes(body[:length]))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _bad("the request header is not valid JSON") from None
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise _bad("the request needs an 'inputs' list")
+        raise _bad("the JSON header is not valid JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get(key), list):
+        raise _bad(f"the JSON header needs an '{key}' list")
     binary = body[length:]
-    inputs, offset = [], 0
-    for raw in header["inputs"]:
+    tensors, offset = [], 0
+    for raw in header[key]:
         tensor, used = _tensor(raw, binary, offset)
-        inputs.append(tensor)
+        tensors.append(tensor)
         offset += used
     if offset != len(binary):
-        raise _bad(f"{len(binary) - offset} bytes of binary data belong to no input")
+        raise _bad(f"{len(binary) - offset} bytes of binary data belong to no tensor")
+    return header, tensors
+
+
+def parse_infer_request(
+    body: memoryview, header_length: int | None, *, max_json_bytes: int
+) -> InferRequest:
+    """An ``infer`` request (see :func:`parse_message`)."""
+    header, inputs = parse_message(body, header_length, key="inputs", max_json_bytes=max_json_bytes)
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _bad("'parameters' must be an object")
@@ -217,14 +226,16 @@ def _serialize_bytes(items: list[bytes]) -> bytes:
     return b"".join(len(item).to_bytes(4, "little") + item for item in items)
 
 
-def encode_infer_response(
-    head: dict[str, Any], outputs: list[tuple[Tensor, bool]]
+def encode_message(
+    head: dict[str, Any], key: str, tensors: list[tuple[Tensor, bool]]
 ) -> tuple[bytes, int | None]:
-    """The response body for ``outputs`` (each with whether it goes in binary) after the fields
-    of ``head`` (``model_name``, ``model_version``, ``id``); the JSON header's length when any
-    output is binary (for ``Inference-Header-Content-Length``), else ``None``."""
+    """A request (``key="inputs"``) or a response (``key="outputs"``): ``tensors`` (each with
+    whether it goes in binary) after the fields of ``head`` (a response's ``model_name``,
+    ``model_version``, ``id``; a request's ``parameters`` and ``outputs``). Returns the body and
+    the JSON header's length when any tensor is binary (``Inference-Header-Content-Length``),
+    else ``None``."""
     described, blobs = [], []
-    for tensor, binary in outputs:
+    for tensor, binary in tensors:
         entry: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
@@ -246,7 +257,7 @@ def encode_infer_response(
         if binary:
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}
         described.append(entry)
-    text = json.dumps({**head, "outputs": described}, separators=(",", ":")).encode()
+    text = json.dumps({**head, key: described}, separators=(",", ":")).encode()
     if not blobs:
         return text, None
     return b"".join([text, *blobs]), len(text)

@@ -41,6 +41,8 @@ EXAMPLES = f"""\
   rdad predict --threshold 0.3 photos/ && echo "all parts good"
       a stricter (lower) threshold in normalised units; 0.5 is the model's calibrated one
   RDAD_API_KEY=... rdad predict --url https://inspect.example.com part.png
+  rdad predict --url http://triton:8000 --protocol v2 --name bottle line3/
+      any Open Inference Protocol v2 server: rdad serve, or Triton serving rdad export --triton
 
 exit status:
   {EXIT_NORMAL}  every image was scored and none is anomalous
@@ -78,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--name", metavar="MODEL", help="served model name (default: the service's default)"
     )
     p.add_argument(
+        "--protocol",
+        choices=("rdad", "v2"),
+        default="rdad",
+        help="with --url: rdad's own POST /predict (default), or the Open Inference Protocol v2 "
+        "(rdad serve, Triton, KServe; needs --name)",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         metavar="T",
@@ -106,6 +115,8 @@ def _check(args: argparse.Namespace) -> None:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise CommandError(f"--threshold {args.threshold}: must be between 0 and 1 (exclusive)")
     if args.model is not None:
+        if args.protocol != "rdad":
+            raise CommandError("--protocol picks how to talk to a service; it goes with --url")
         if args.name:
             raise CommandError("--name picks a served model; it does not go with --model")
         if not args.model.is_file():
@@ -138,9 +149,11 @@ def run(args: argparse.Namespace) -> int:
         source: Any = LocalSource(args.model, args.batch)
     else:
         from rdad.commands.predict_sources import RemoteSource
+        from rdad.commands.predict_v2 import OpenInferenceSource
 
         url = (args.url or os.environ.get("RDAD_URL") or DEFAULT_URL).rstrip("/")
-        source = RemoteSource(url, args.name, args.timeout, os.environ.get("RDAD_API_KEY"))
+        remote = OpenInferenceSource if args.protocol == "v2" else RemoteSource
+        source = remote(url, args.name, args.timeout, os.environ.get("RDAD_API_KEY"))
     images_wanted = args.out is not None
     results: list[tuple[Any, dict[str, Any]]] = []
     bar = progress_bar(len(inputs), enabled=not args.no_progress and sys.stderr.isatty())

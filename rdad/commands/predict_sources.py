@@ -5,6 +5,8 @@ shape) or :class:`Failure` entries for files that could not be scored."""
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,49 @@ class LocalSource:
         pass
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A service's answer that is not a result: its status, error code and detail."""
+
+    status: int
+    error: str
+    detail: str
+
+
+def score_in_groups(
+    chunk: list[Input],
+    send: Callable[[list[tuple[Input, bytes]]], list[Answer] | Refusal],
+    url: str,
+) -> list[Answer]:
+    """Send the readable files of ``chunk`` as one request; when a request fails for one file's
+    reason (a 400, 413 or 415 about a whole request of several files), send its files one by
+    one to find which. Any other refusal stops the run."""
+    answers: list[Answer | None] = [None] * len(chunk)
+    readable: list[tuple[int, Input, bytes]] = []
+    for index, item in enumerate(chunk):
+        data = read_file(item)
+        if isinstance(data, Failure):
+            answers[index] = data
+        else:
+            readable.append((index, item, data))
+    pending = [readable] if readable else []
+    while pending:
+        group = pending.pop()
+        outcome = send([(item, data) for _, item, data in group])
+        if not isinstance(outcome, Refusal):
+            for (index, _, _), answer in zip(group, outcome, strict=True):
+                answers[index] = answer
+        elif outcome.status in _PER_FILE_STATUSES and len(group) == 1:
+            answers[group[0][0]] = Failure(group[0][1].path, outcome.error, outcome.detail)
+        elif outcome.status in _PER_FILE_STATUSES:
+            pending.extend([entry] for entry in group)
+        else:
+            raise CommandError(
+                f"HTTP {outcome.status} from {url}: {outcome.error}: {outcome.detail}"
+            )
+    return [a for a in answers if a is not None]
+
+
 class RemoteSource:
     """``POST {url}/predict`` (or ``/models/{name}/predict``) with the files of one batch."""
 
@@ -128,42 +173,28 @@ class RemoteSource:
             return "http_error", response.text[:200]
 
     def score(self, chunk: list[Input], *, images: bool, threshold: float | None) -> list[Answer]:
-        answers: list[Answer | None] = [None] * len(chunk)
-        readable: list[tuple[int, Input, bytes]] = []
-        for index, item in enumerate(chunk):
-            data = read_file(item)
-            if isinstance(data, Failure):
-                answers[index] = data
-            else:
-                readable.append((index, item, data))
         flag = str(images).lower()
         params = {"heatmap": flag, "overlay": flag, "mask": flag, "regions": "true"}
         if images:
             params["heatmap_size"] = "original"
         if threshold is not None:
             params["threshold"] = repr(threshold)
-        pending = [readable] if readable else []
-        while pending:
-            group = pending.pop()
-            response = self._post([(item, data) for _, item, data in group], params)
-            if response.status_code == 200:
-                for (index, item, _), result in zip(group, response.json()["results"], strict=True):
-                    if "error" in result and "score" not in result:  # a per-file error entry
-                        answers[index] = Failure(
-                            item.path, str(result["error"]), str(result.get("detail"))
-                        )
-                    else:
-                        answers[index] = result
-                continue
-            error, detail = self._reason(response)
-            if response.status_code in _PER_FILE_STATUSES:
-                if len(group) == 1:
-                    answers[group[0][0]] = Failure(group[0][1].path, error, detail)
-                else:  # one bad file fails the request: send the files one by one to find it
-                    pending.extend([entry] for entry in group)
-                continue
-            raise CommandError(f"HTTP {response.status_code} from {self.url}: {error}: {detail}")
-        return [a for a in answers if a is not None]
+
+        def send(group: list[tuple[Input, bytes]]) -> list[Answer] | Refusal:
+            response = self._post(group, params)
+            if response.status_code != 200:
+                return Refusal(response.status_code, *self._reason(response))
+            answers: list[Answer] = []
+            for (item, _), result in zip(group, response.json()["results"], strict=True):
+                if "error" in result and "score" not in result:  # a per-file error entry
+                    answers.append(
+                        Failure(item.path, str(result["error"]), str(result.get("detail")))
+                    )
+                else:
+                    answers.append(result)
+            return answers
+
+        return score_in_groups(chunk, send, self.url)
 
     def close(self) -> None:
         self.client.close()

@@ -38,7 +38,7 @@ from ..open_inference import (
     JSON_PARSE_FACTOR,
     InferRequest,
     Tensor,
-    encode_infer_response,
+    encode_message,
     parse_infer_request,
 )
 from ..render import OutputOptions
@@ -171,9 +171,8 @@ async def _infer(
     head = {"model_name": model.name, "model_version": model.version}
     if parsed.id is not None:
         head["id"] = parsed.id
-    content, length = encode_infer_response(
-        head, [(_output(name, scored), binary) for name, binary in wanted.items()]
-    )
+    outputs = [(_output(name, scored), binary) for name, binary in wanted.items()]
+    content, length = encode_message(head, "outputs", outputs)
     if length is None:
         return Response(content, media_type="application/json")
     return Response(
