@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from rdad import __version__
 
@@ -40,6 +40,16 @@ from ..open_inference import (
     Tensor,
     encode_message,
     parse_infer_request,
+)
+from ..open_inference_schemas import (
+    INFER_REQUEST_BODY,
+    INFER_RESPONSES,
+    METADATA_RESPONSES,
+    READY_RESPONSES,
+    ModelMetadata,
+    ModelReady,
+    ServerMetadata,
+    TensorMetadata,
 )
 from ..render import OutputOptions
 from ..runtime import ServedModel, ServiceRuntime
@@ -57,9 +67,9 @@ server = APIRouter(tags=["open inference protocol"], dependencies=[Depends(requi
 models = APIRouter(tags=["open inference protocol"], dependencies=[Depends(require_api_key)])
 
 
-@server.get("/v2", summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "rdad", "version": __version__, "extensions": ["binary_tensor_data"]}
+@server.get("/v2", summary="Server metadata", response_model=ServerMetadata)
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="rdad", version=__version__, extensions=["binary_tensor_data"])
 
 
 def _served(runtime: ServiceRuntime, name: str, version: str | None) -> ServedModel:
@@ -75,64 +85,80 @@ def _check_version(model: ServedModel, version: str | None) -> None:
         )
 
 
-def _metadata(model: ServedModel) -> dict[str, Any]:
+def _metadata(model: ServedModel) -> ModelMetadata:
     tiled = model.engine.metadata.tiling is not None
     side = -1 if tiled else model.engine.image_size
 
-    def tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
-        return {"name": name, "datatype": datatype, "shape": shape}
+    def tensor(name: str, datatype: str, shape: list[int]) -> TensorMetadata:
+        return TensorMetadata(name=name, datatype=datatype, shape=shape)
 
-    return {
-        "name": model.name,
-        "versions": [model.version],
-        "platform": "rdad",
-        "inputs": [tensor(PIXELS, "UINT8", [-1, side, side, 3]), tensor(FILES, "BYTES", [-1])],
-        "outputs": [
+    return ModelMetadata(
+        name=model.name,
+        versions=[model.version],
+        platform="rdad",
+        inputs=[tensor(PIXELS, "UINT8", [-1, side, side, 3]), tensor(FILES, "BYTES", [-1])],
+        outputs=[
             tensor("score", "FP32", [-1]),
             tensor("normalized_score", "FP32", [-1]),
             tensor("verdict", "BOOL", [-1]),
             tensor("anomaly_map", "FP32", [-1, side, side]),
             *(tensor(name, "BYTES", [-1]) for name in RENDERS),
         ],
-    }
+    )
 
 
-def _ready(runtime: ServiceRuntime, name: str, version: str | None) -> JSONResponse:
+def _ready(runtime: ServiceRuntime, name: str, version: str | None) -> ModelReady:
     model = _served(runtime, name, version)
     if not model.state.serves:
         raise NotReadyError(model.error or "the model is still warming up")
-    return JSONResponse({"name": model.name, "ready": True})
+    return ModelReady(name=model.name, ready=True)
 
 
-@models.get("/v2/models/{name}", summary="Model metadata")
-async def model_metadata(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+@models.get("/v2/models/{name}", summary="Model metadata", responses=METADATA_RESPONSES)
+async def model_metadata(name: str, runtime: RuntimeDep) -> ModelMetadata:
     return _metadata(_served(runtime, name, None))
 
 
-@models.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
-async def version_metadata(name: str, version: str, runtime: RuntimeDep) -> dict[str, Any]:
+@models.get(
+    "/v2/models/{name}/versions/{version}",
+    summary="Model metadata (version)",
+    responses=METADATA_RESPONSES,
+)
+async def version_metadata(name: str, version: str, runtime: RuntimeDep) -> ModelMetadata:
     return _metadata(_served(runtime, name, version))
 
 
-@models.get("/v2/models/{name}/ready", summary="Model readiness")
-async def model_ready(name: str, runtime: RuntimeDep) -> JSONResponse:
+@models.get("/v2/models/{name}/ready", summary="Model readiness", responses=READY_RESPONSES)
+async def model_ready(name: str, runtime: RuntimeDep) -> ModelReady:
     return _ready(runtime, name, None)
 
 
-@models.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
-async def version_ready(name: str, version: str, runtime: RuntimeDep) -> JSONResponse:
+@models.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    summary="Model readiness (version)",
+    responses=READY_RESPONSES,
+)
+async def version_ready(name: str, version: str, runtime: RuntimeDep) -> ModelReady:
     return _ready(runtime, name, version)
 
 
-@models.post("/v2/models/{name}/infer", summary="Score images", response_model=None)
+@models.post(
+    "/v2/models/{name}/infer",
+    summary="Score images",
+    response_model=None,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_REQUEST_BODY,
+)
 async def infer(name: str, request: Request, runtime: RuntimeDep) -> Response:
     return await _infer(request, runtime, name, None)
 
 
 @models.post(
     "/v2/models/{name}/versions/{version}/infer",
-    summary="Score images (one version)",
+    summary="Score images (version)",
     response_model=None,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_REQUEST_BODY,
 )
 async def version_infer(name: str, version: str, request: Request, runtime: RuntimeDep) -> Response:
     return await _infer(request, runtime, name, version)
