@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 from torch import nn
 
 from rdad import __version__
+from rdad.atomic import write_atomically
 from rdad.cuda_libraries import preload_for_onnxruntime
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
 
@@ -258,17 +257,3 @@ def export_onnx(
         write_atomically(tmp_path, out)
     print(f"wrote {out}")
     return out
-
-
-def write_atomically(source: Path, out: Path) -> None:
-    """Copy ``source`` to ``out`` so that ``out`` is never seen half-written: the bytes go to a
-    hidden temporary name in ``out``'s own folder (which no model folder scan picks up: it does
-    not end in ``.onnx``), then one rename on that filesystem puts them in place. A service
-    watching the folder sees the old file or the new one, never a mix."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        shutil.copyfile(source, partial)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -211,7 +211,7 @@ def test_export_into_a_watched_folder_replaces_the_file_in_one_step(
     half-written one."""
     import os
 
-    from rdad.model import export as export_module
+    from rdad import atomic
     from rdad.service.model_folder import scan_folder
 
     folder = tmp_path / "models"
@@ -227,7 +227,7 @@ def test_export_into_a_watched_folder_replaces_the_file_in_one_step(
         assert Path(source).parent == folder
         real_replace(source, target)
 
-    monkeypatch.setattr(export_module.os, "replace", watching_replace)
+    monkeypatch.setattr(atomic.os, "replace", watching_replace)
     export_onnx(tiny_checkpoint, out, precision="fp16")
     ((partial, old_intact, models),) = seen
     assert partial.startswith(".") and not partial.endswith(".onnx")
