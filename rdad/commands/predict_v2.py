@@ -138,10 +138,11 @@ class OpenInferenceSource:
 
 
 def _values(tensors: dict[str, Any], name: str, count: int) -> np.ndarray:
+    """``(count,)`` values of output ``name`` (Triton answers a graph's ``score`` as ``[N, 1]``)."""
     tensor = tensors.get(name)
-    if tensor is None or tensor.array is None or tensor.array.shape[:1] != (count,):
+    if tensor is None or tensor.array is None or tensor.array.size != count:
         raise CommandError(f"the server's answer has no '{name}' for {count} images")
-    return tensor.array
+    return tensor.array.reshape(count)
 
 
 def _reason(response: Any) -> tuple[str, str]:
@@ -167,6 +168,11 @@ def _calibration(config: dict[str, Any]) -> Any:
     from rdad.metadata import Calibration
 
     params = {k: v.get("string_value") for k, v in (config.get("parameters") or {}).items()}
+    if params.get("rdad_tile_size"):
+        raise CommandError(
+            "a tiled model: its graph scores tiles, and its threshold judges stitched maps; "
+            "score it through rdad serve"
+        )
     try:
         return Calibration(
             image_threshold=float(params["rdad_image_threshold"]),
