@@ -10,7 +10,6 @@ Weights come from one of three explicit sources, never a silent fallback:
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models import resnet
 
-log = logging.getLogger(__name__)
+from rdad.torch_files import torch_file_problem
 
 
 @dataclass(frozen=True)
@@ -104,10 +103,14 @@ def load_file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a torchvision-format state dict from a file (also accepts ``{"state_dict": ...}``)."""
     if not path.is_file():
         raise TeacherWeightsError(f"teacher weights file not found: {path}")
+    if problem := torch_file_problem(path):
+        raise TeacherWeightsError(f"teacher weights {path}: not a state-dict file: {problem}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TeacherWeightsError(f"cannot read teacher weights {path}: {exc}") from exc
+        raise TeacherWeightsError(
+            f"cannot read teacher weights {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -128,12 +131,12 @@ class Teacher(nn.Module):
         super().__init__()
         spec = get_spec(backbone)
         if weights == RANDOM:
+            # One warning, no log line beside it: the commands print warnings as log lines.
             warnings.warn(
                 f"teacher {backbone} uses RANDOM weights (seed {seed}): anomaly detection quality "
                 "will be poor; use this for shape/speed tests only",
                 stacklevel=2,
             )
-            log.warning("teacher %s: seeded random weights (seed %d)", backbone, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = spec.builder(weights=None)

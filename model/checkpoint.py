@@ -24,6 +24,7 @@ import torch
 
 from rdad import __version__
 from rdad.metadata import Calibration
+from rdad.torch_files import torch_file_problem
 
 from .config import TrainConfig
 from .network import ReverseDistillation
@@ -68,6 +69,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain types only."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if problem := torch_file_problem(Path(path)):
+        raise CheckpointError(
+            f"{path} is not an rdad checkpoint (rdad train's OUT/checkpoint.pt): {problem}"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except UnpicklingError as exc:
@@ -83,6 +88,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # a damaged pickle trips the unpickler anywhere (KeyError, ...)
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: damaged ({type(exc).__name__}: {exc})"
+        ) from exc
+    if isinstance(ckpt, dict) and "format" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not an rdad checkpoint: a torch file without rdad's entries (a "
+            "state dict, such as teacher weights? rdad train writes OUT/checkpoint.pt)"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(

@@ -8,6 +8,9 @@ from typing import Any
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "wide_resnet101_2")
 """The keys of :data:`model.backbones.BACKBONES` (a test keeps the two equal)."""
+RUN_FILES = ("checkpoint.pt", "last.pt", "loss.png", "calibration.png")
+"""Every file ``rdad train`` writes into its output folder (a test keeps this list complete):
+what marks a folder as holding a run, and what ``--overwrite`` deletes."""
 
 
 @dataclass

@@ -21,25 +21,17 @@ def pyplot() -> Any:
     return plt
 
 
-def write_training_plots(
-    out: Path, history: list[dict[str, Any]], holdout_scores: np.ndarray, calibration: Calibration
-) -> list[Path]:
-    """``out/loss.png`` (loss per epoch) and ``out/calibration.png``; returns the paths."""
+def count_axis(axis: Any) -> None:
+    """Whole numbers only on a matplotlib axis of counts: a histogram of a few images would
+    otherwise be labelled 0.25, 0.5, … images."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def calibration_figure(holdout_scores: np.ndarray, calibration: Calibration) -> Any:
+    """The held-out good scores' histogram with the chosen threshold (a matplotlib figure)."""
     plt = pyplot()
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if history:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["loss"] for h in history], marker="o" if len(epochs) < 30 else None)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("distillation loss (1 − cosine)")
-        ax.set_title("Training loss")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "loss.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "loss.png")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     scores = np.asarray(holdout_scores, dtype=np.float64)
     ax.hist(
@@ -54,9 +46,34 @@ def write_training_plots(
     )
     ax.set_xlabel("image score (raw)")
     ax.set_ylabel("images")
+    count_axis(ax.yaxis)
     ax.set_title(f"Calibration on {scores.size} held-out good images")
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def write_training_plots(
+    out: Path, history: list[dict[str, Any]], holdout_scores: np.ndarray, calibration: Calibration
+) -> list[Path]:
+    """``out/loss.png`` (loss per epoch) and ``out/calibration.png``; returns the paths."""
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if history:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["loss"] for h in history], marker="o" if len(epochs) < 30 else None)
+        ax.set_xlabel("epoch")
+        count_axis(ax.xaxis)
+        ax.set_ylabel("distillation loss (1 − cosine)")
+        ax.set_title("Training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "loss.png")
+    fig = calibration_figure(holdout_scores, calibration)
     fig.savefig(out / "calibration.png", dpi=100)
     plt.close(fig)
     written.append(out / "calibration.png")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .plots import pyplot
+from .plots import count_axis, pyplot
 
 PIXEL_SAMPLE = 2_000_000
 """Pixels drawn (seeded) for the pixel ROC *plot*; the AUROC printed is computed on all pixels."""
@@ -88,7 +88,8 @@ def _pro_figure(arrays: EvalArrays, report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _histogram_figure(arrays: EvalArrays, path: Path) -> None:
+def histogram_figure(arrays: EvalArrays) -> Any:
+    """Image scores of good and defective images, threshold dashed (a matplotlib figure)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     bins = np.linspace(float(arrays.scores.min()), float(arrays.scores.max()), 40)
@@ -100,11 +101,11 @@ def _histogram_figure(arrays: EvalArrays, path: Path) -> None:
         ax.axvline(arrays.image_threshold, color="black", ls="--", lw=1.5, label="threshold")
     ax.set_xlabel("image score (raw)")
     ax.set_ylabel("images")
+    count_axis(ax.yaxis)
     ax.set_title("Image scores, good vs anomalous")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _per_defect_figure(report: dict[str, Any], path: Path) -> None:
@@ -177,20 +178,35 @@ def pick_examples(arrays: EvalArrays, per_group: int = 2) -> list[tuple[str, int
     return chosen
 
 
+def example_title(arrays: EvalArrays, caption: str, index: int) -> str:
+    """The title over one example: which image, its score, and the verdict beside the truth,
+    each named, so that a missed defect reads as a miss (a lone ✓ for "judged normal" read as
+    "correct")."""
+    name = f"{arrays.defects[index]}/{arrays.paths[index].name}"
+    lines = [caption, name, f"score {arrays.scores[index]:.3g}"]
+    truth = "defective" if arrays.labels[index] == 1 else "good"
+    if arrays.image_threshold is None:
+        lines.append(f"truth {truth}")
+    else:
+        flagged = bool(arrays.scores[index] > arrays.image_threshold)
+        outcome = {
+            (True, "defective"): "✓ caught",
+            (False, "good"): "✓ correct",
+            (True, "good"): "✗ false alarm",
+            (False, "defective"): "✗ missed",
+        }[(flagged, truth)]
+        lines += [f"verdict {'anomalous' if flagged else 'normal'}", f"truth {truth}: {outcome}"]
+    return "\n".join(lines)
+
+
 def _examples_figure(arrays: EvalArrays, path: Path) -> None:
     plt = pyplot()
     examples = pick_examples(arrays)
-    fig, axes = plt.subplots(3, len(examples), figsize=(2.1 * len(examples), 7.0), squeeze=False)
+    fig, axes = plt.subplots(3, len(examples), figsize=(2.1 * len(examples), 7.6), squeeze=False)
     low, high = float(np.percentile(arrays.maps, 1)), float(arrays.maps.max())
     for col, (caption, index) in enumerate(examples):
-        name = f"{arrays.defects[index]}/{arrays.paths[index].name}"
-        verdict = ""
-        if arrays.image_threshold is not None:
-            verdict = " ⚠" if arrays.scores[index] > arrays.image_threshold else " ✓"
         axes[0, col].imshow(arrays.images[index])
-        axes[0, col].set_title(
-            f"{caption}\n{name}\nscore {arrays.scores[index]:.3g}{verdict}", fontsize=8
-        )
+        axes[0, col].set_title(example_title(arrays, caption, index), fontsize=8)
         axes[1, col].imshow(arrays.masks[index], cmap="gray", vmin=0, vmax=1)
         axes[2, col].imshow(arrays.images[index])
         axes[2, col].imshow(arrays.maps[index], cmap="jet", alpha=0.5, vmin=low, vmax=high)
@@ -213,7 +229,11 @@ FIGURES = (
     ),
     ("per_defect.png", "Image AUROC of each defect type against all good test images."),
     ("confusion.png", "Verdicts at the calibrated image threshold."),
-    ("examples.png", "Worst and best examples: image, ground truth, heatmap overlay."),
+    (
+        "examples.png",
+        "Worst and best examples: image (verdict at the calibrated threshold beside the truth), "
+        "ground truth, heatmap overlay.",
+    ),
 )
 
 
@@ -222,7 +242,9 @@ def write_html_report(report: dict[str, Any], arrays: EvalArrays, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     _roc_figure(arrays, report, out / "roc.png")
     _pro_figure(arrays, report, out / "pro.png")
-    _histogram_figure(arrays, out / "histogram.png")
+    histogram = histogram_figure(arrays)
+    histogram.savefig(out / "histogram.png", dpi=100)
+    pyplot().close(histogram)
     _per_defect_figure(report, out / "per_defect.png")
     figures = [f for f in FIGURES if f[0] != "confusion.png" or arrays.image_threshold is not None]
     if arrays.image_threshold is not None:

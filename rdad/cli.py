@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rdad.commands.predict",
         "score image files or folders (local model or a running service), write results",
     ),
-    "bench": ("rdad.commands.bench", "measure raw ONNX Runtime throughput of a model"),
+    "bench": ("rdad.commands.bench", "measure models in torch, ONNX Runtime and OpenVINO"),
 }
 
 

@@ -10,8 +10,11 @@ only when a build is needed: the serving image has no torch and must be given a 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +65,14 @@ def write_demo_samples(folder: Path) -> dict[str, Path]:
     return written
 
 
+def rdad_command() -> str:
+    """How to run this very ``rdad`` from any shell: the script beside this Python (a virtual
+    environment's ``bin/rdad``) by its full path, since a new shell has not activated that
+    environment and would answer ``rdad: command not found``."""
+    script = shutil.which("rdad", path=str(Path(sys.executable).parent))
+    return str(Path(script).absolute()) if script else f"{sys.executable} -m rdad"
+
+
 def try_it_lines(model_dir: Path, url: str) -> list[str]:
     """Ready-to-paste commands scoring one good and one defective demo sample (written if
     missing): the first thing a new user sees is a good part passing and a bad one flagged."""
@@ -70,11 +81,14 @@ def try_it_lines(model_dir: Path, url: str) -> list[str]:
     if not all(p.is_file() for p in samples.values()):
         samples = write_demo_samples(folder)
     good, bad = samples["good_1"], samples["defect_scratch"]
+    # heatmap=false: the verdict alone; the default answer carries ~10 KB of base64 PNG, which
+    # would flood the terminal. The URL is quoted for shells (zsh) that glob the "?".
+    predict = f'"{url}/predict?heatmap=false"'
     return [
-        f"demo sample parts (good and defective) in {folder}; try:",
-        f"  curl -F file=@{good} {url}/predict        # a good part: is_anomalous false",
-        f"  curl -F file=@{bad} {url}/predict   # a scratch: is_anomalous true",
-        f"  rdad predict --url {url} {folder}",
+        f"demo sample parts (good and defective) in {folder}; from another shell, try:",
+        f"  curl -F file=@{good} {predict}   # a good part: is_anomalous false",
+        f"  curl -F file=@{bad} {predict}   # a scratch: is_anomalous true",
+        f"  {rdad_command()} predict --url {url} {folder}",
         f"  or open {url}/ in a browser and drop the files there",
     ]
 
@@ -131,7 +145,10 @@ def build_demo_model(model_dir: Path, *, say: Callable[[str], None] = print) -> 
             # 10 % (5), so the 99th-percentile threshold is not set by one or two lucky parts.
             holdout_fraction=DEMO_HOLDOUT_FRACTION,
         )
-        checkpoint = train(config, progress=False)
+        with warnings.catch_warnings():
+            # Said above, in the demo's own words: the teacher's warning would repeat it.
+            warnings.filterwarnings("ignore", message=r"teacher \S+ uses RANDOM weights")
+            checkpoint = train(config, progress=False)
         staging = model_dir / f".{DEMO_NAME}.{os.getpid()}.onnx.tmp"
         try:
             export_onnx(checkpoint, staging)

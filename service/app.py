@@ -25,6 +25,7 @@ from .middleware import (
     HeaderLimitMiddleware,
     RequestMetricsMiddleware,
 )
+from .openapi_security import declare_security_only_with_key
 from .routes import models, monitoring, open_inference, predict, ui
 from .runtime import RunnerHook, ServiceRuntime
 from .settings import Settings
@@ -87,4 +88,5 @@ def create_app(
     )
     for router in routers:
         app.include_router(router)
+    declare_security_only_with_key(app, settings.api_key)
     return app

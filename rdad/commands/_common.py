@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 from rdad.cli import CommandError, HelpFormatter
 
@@ -32,8 +33,21 @@ def add_command(
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Warnings (e.g. "random teacher") go through logging so they are printed once, visibly.
-    logging.captureWarnings(True)
+    warnings.showwarning = _log_warning
     warnings.simplefilter("default", UserWarning)
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one log line: its text only. The file, line number and source line that
+    Python adds are for whoever wrote the call, not for the user reading the command's output."""
+    logging.getLogger("rdad").warning("%s", message)
 
 
 @contextmanager

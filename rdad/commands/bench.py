@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rdad.commands._common import add_command, expected_errors
+from rdad.commands.argtypes import int_at_least, int_list
 
 EXAMPLES = """\
   rdad bench models/bottle.onnx models/bottle_int8.onnx runs/bottle/checkpoint.pt
@@ -33,10 +34,22 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         examples=EXAMPLES,
     )
     p.add_argument("models", type=Path, nargs="+", help=".onnx files and/or checkpoint .pt files")
-    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median)")
-    p.add_argument("--latency-runs", type=int, default=20, help="batch-1 runs for p50/p99")
-    p.add_argument("--threads", type=int, default=0, help="runtime threads (0 = its default)")
+    p.add_argument(
+        "--batch-sizes",
+        type=int_list(1),
+        default="1,8,32",
+        metavar="N,N,...",
+        help="comma-separated; 1 is always added (batch-1 latency)",
+    )
+    p.add_argument(
+        "--repeats", type=int_at_least(1), default=3, help="interleaved repetitions (median)"
+    )
+    p.add_argument(
+        "--latency-runs", type=int_at_least(1), default=20, help="batch-1 runs for p50/p99"
+    )
+    p.add_argument(
+        "--threads", type=int_at_least(0), default=0, help="runtime threads (0 = its default)"
+    )
     p.add_argument("--runtimes", help="comma-separated subset of the runtimes (default: all)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -46,12 +59,15 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 def _subjects(args: argparse.Namespace) -> tuple[list[Any], list[dict[str, str]]]:
     from rdad.benchmark import ONNX_RUNTIMES, TORCH, Subject, unavailable_reason
     from rdad.metadata import read_onnx_metadata
+    from rdad.torch_files import torch_file_problem
 
     wanted = set(args.runtimes.split(",")) if args.runtimes else None
     subjects, unavailable = [], []
     for path in args.models:
         if not path.is_file():
             raise FileNotFoundError(f"model not found: {path}")
+        if path.suffix != ".onnx" and (problem := torch_file_problem(path)):
+            raise ValueError(f"{path} is neither an .onnx file nor a checkpoint: {problem}")
         if path.suffix == ".onnx":
             meta = read_onnx_metadata(path)
             candidates = [(r, meta.precision, meta.image_size) for r in ONNX_RUNTIMES]
@@ -116,12 +132,8 @@ def run(args: argparse.Namespace) -> int:
     from rdad.errors import CommandError
     from rdad.metadata import MetadataError
 
+    sizes = sorted({1, *args.batch_sizes})  # 1: the batch-1 latency columns need it
     with expected_errors(MetadataError, FileNotFoundError, ValueError):
-        sizes = sorted({int(s) for s in args.batch_sizes.split(",") if s.strip()})
-        if not sizes or min(sizes) < 1:
-            raise ValueError("--batch-sizes must be positive integers")
-        if 1 not in sizes:
-            sizes.insert(0, 1)  # batch-1 latency columns need it
         subjects, unavailable = _subjects(args)
     print(sysinfo.headline())
     for u in unavailable:

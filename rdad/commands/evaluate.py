@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rdad.commands._common import add_command, expected_errors, setup_logging
+from rdad.commands.argtypes import int_at_least
 from rdad.errors import CommandError
 
 EXAMPLES = """\
@@ -44,15 +45,19 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="write the report as JSON (and markdown beside it)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=16, metavar="N", help="images per inference batch"
+        "--batch-size",
+        type=int_at_least(1),
+        default=16,
+        metavar="N",
+        help="images per inference batch",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--pixel-size",
-        type=int,
+        type=int_at_least(1),
         metavar="PX",
-        help="grid for pixel AUROC / AUPRO (maps and masks resized to PX×PX; default: the model "
-        "input size) — give the same PX to compare a tiled and a whole-image model",
+        help="grid for pixel AUROC / AUPRO: maps and masks resized to PX×PX; give the same PX to "
+        "compare a tiled and a whole-image model (default: the model input size)",
     )
     p.add_argument(
         "--runtime",
@@ -75,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--model {args.model}: no such file")
     if not args.data.is_dir():
         raise CommandError(f"--data {args.data}: no such folder")
-    if args.batch_size < 1:
-        raise CommandError("--batch-size must be ≥ 1")
     from rdad.metadata import MetadataError
     from rdad.model.data import DatasetError
     from rdad.model.evaluate import evaluate, markdown_report, write_reports

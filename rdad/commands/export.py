@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rdad.commands._common import add_command, expected_errors, setup_logging
+from rdad.commands.argtypes import int_at_least
 
 if TYPE_CHECKING:
     from rdad.model.triton_config import TritonOptions
@@ -18,12 +19,12 @@ EXAMPLES = """\
   rdad export runs/bottle/checkpoint.pt --out models/bottle.onnx
   rdad export runs/bottle/checkpoint.pt --out models/bottle_fp16.onnx --precision fp16
       half-precision graph (float32/uint8 I/O) for GPUs
-  rdad export runs/bottle/checkpoint.pt --out models/bottle_int8.onnx --precision int8 \
+  rdad export runs/bottle/checkpoint.pt --out models/bottle_int8.onnx --precision int8 \\
       --calibration-data datasets/mvtec/bottle
       int8 convolutions (static QDQ) for CPUs, calibrated on good images; map tail stays fp32
   rdad export runs/bottle/checkpoint.pt --out models/bottle.onnx --triton triton-models
       also writes triton-models/bottle/1/model.onnx (the same file) and its config.pbtxt
-  rdad export --from-onnx models/bottle.onnx --triton triton-models --triton-version 2 \
+  rdad export --from-onnx models/bottle.onnx --triton triton-models --triton-version 2 \\
       --triton-tensorrt-fp16
       a Triton entry for an already-exported file: version 2, TensorRT fp16 kernels
 """
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     p.add_argument(
         "--calibration-count",
-        type=int,
+        type=int_at_least(1),
         default=32,
         help="int8 only: how many calibration images (default 32, spread over the folder)",
     )

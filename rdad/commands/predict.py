@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rdad.commands._common import add_command
+from rdad.commands.argtypes import int_at_least, number_in
 from rdad.commands.predict_io import (
     EXIT_ANOMALY,
     EXIT_NORMAL,
@@ -88,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=number_in(0.0, 1.0, high_open=True),
         metavar="T",
         help="verdict threshold in normalised units, 0 < T < 1 (default: the model's "
         "calibrated threshold = 0.5)",
@@ -97,9 +98,15 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--out", type=Path, metavar="DIR", help="write results.csv, results.json and PNGs here"
     )
     p.add_argument("--json", action="store_true", help="print the JSON results on stdout")
-    p.add_argument("--batch", type=int, default=8, metavar="N", help="images per request/batch")
     p.add_argument(
-        "--timeout", type=float, default=60.0, metavar="S", help="seconds per service request"
+        "--batch", type=int_at_least(1), default=8, metavar="N", help="images per request/batch"
+    )
+    p.add_argument(
+        "--timeout",
+        type=number_in(0.0),
+        default=60.0,
+        metavar="S",
+        help="seconds per service request",
     )
     p.add_argument(
         "--no-progress",
@@ -110,10 +117,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.batch < 1:
-        raise CommandError("--batch must be at least 1")
-    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        raise CommandError(f"--threshold {args.threshold}: must be between 0 and 1 (exclusive)")
     if args.model is not None:
         if args.protocol != "rdad":
             raise CommandError("--protocol picks how to talk to a service; it goes with --url")

@@ -45,6 +45,13 @@ class Failure:
     error: str
     detail: str
 
+    @classmethod
+    def of_file(cls, path: Path, error: str, detail: str) -> Failure:
+        """A file's failure as the scorer reported it. Its detail starts with the file's name
+        (the service names the file among several); the path is shown beside the detail
+        anyway, so that prefix is dropped rather than printed twice."""
+        return cls(path, error, detail.removeprefix(f"{path.name}: "))
+
 
 def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[Failure]]:
     """Files as given, folders searched recursively for images (sorted). Unreadable entries of a

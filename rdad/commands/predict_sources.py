@@ -82,7 +82,7 @@ class LocalSource:
         ):
             item = chunk[position]
             if isinstance(result, ServiceError):
-                answers[position] = Failure(item.path, result.code, result.detail)
+                answers[position] = Failure.of_file(item.path, result.code, result.detail)
             else:
                 answer = prediction_result(result, ref)
                 answers[position] = answer.model_dump(mode="json", exclude_none=True)
@@ -125,7 +125,7 @@ def score_in_groups(
             for (index, _, _), answer in zip(group, outcome, strict=True):
                 answers[index] = answer
         elif outcome.status in _PER_FILE_STATUSES and len(group) == 1:
-            answers[group[0][0]] = Failure(group[0][1].path, outcome.error, outcome.detail)
+            answers[group[0][0]] = Failure.of_file(group[0][1].path, outcome.error, outcome.detail)
         elif outcome.status in _PER_FILE_STATUSES:
             pending.extend([entry] for entry in group)
         else:
@@ -188,7 +188,7 @@ class RemoteSource:
             for (item, _), result in zip(group, response.json()["results"], strict=True):
                 if "error" in result and "score" not in result:  # a per-file error entry
                     answers.append(
-                        Failure(item.path, str(result["error"]), str(result.get("detail")))
+                        Failure.of_file(item.path, str(result["error"]), str(result.get("detail")))
                     )
                 else:
                     answers.append(result)

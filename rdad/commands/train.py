@@ -7,11 +7,15 @@ imported: the parser is built from the torch-free :mod:`model.config`.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 from rdad.commands._common import add_command, expected_errors, setup_logging
+from rdad.commands.argtypes import int_at_least, multiple_of, number_in
 from rdad.errors import CommandError
+from rdad.model.config import RUN_FILES
+from rdad.torch_files import torch_file_problem
 
 EXAMPLES = """\
   rdad train --data datasets/mvtec/bottle --out runs/bottle
@@ -21,11 +25,13 @@ EXAMPLES = """\
   rdad train --data photos/good --out runs/line3 --backbone resnet18 --epochs 50
   rdad train --data bottle --out runs/b --backbone resnet18 --teacher-weights teacher.pth
       offline: a local torchvision state-dict file as teacher
-  rdad train --data photos/5mp --out runs/hires --backbone resnet18 --tile-size 256 \
+  rdad train --data photos/5mp --out runs/hires --backbone resnet18 --tile-size 256 \\
       --tile-overlap 32
       tiled mode: trains on 256-px tiles cut at native resolution; eval/serve tile and stitch
   rdad train --out runs/bottle --resume
       continue an interrupted run from runs/bottle/last.pt
+  rdad train --data bottle --out runs/bottle --overwrite
+      train again into a folder that holds a run: its files are replaced, none is left over
 """
 
 
@@ -52,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     p.add_argument("--backbone", choices=BACKBONE_NAMES, default=d.backbone, help="teacher network")
     p.add_argument(
         "--image-size",
-        type=int,
+        type=multiple_of(32),
         metavar="PX",
         help=f"square input size in pixels, a multiple of 32 (default: {d.image_size}, or the "
         "tile size in tiled mode)",
@@ -60,18 +66,22 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     tiles = p.add_argument_group("tiled mode (high-resolution images, see rdad.tiling)")
     tiles.add_argument(
         "--tile-size",
-        type=int,
+        type=multiple_of(32, zero=True),
         default=d.tile_size,
         metavar="PX",
         help="train and infer on PX×PX tiles cut from each image instead of resizing the whole "
         "image (PX is the model input; 0 = off)",
     )
     tiles.add_argument(
-        "--tile-overlap", type=int, default=d.tile_overlap, metavar="PX", help="minimum overlap"
+        "--tile-overlap",
+        type=int_at_least(0),
+        default=d.tile_overlap,
+        metavar="PX",
+        help="minimum overlap",
     )
     tiles.add_argument(
         "--tile-scale",
-        type=float,
+        type=number_in(0.0, 4.0),
         default=d.tile_scale,
         metavar="F",
         help="resize images by F before tiling (1 = native resolution, 0.5 = half)",
@@ -84,14 +94,18 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=int_at_least(0),
         metavar="N",
         help=f"training epochs (default: {d.epochs}; with --resume: extend the run to N)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, metavar="N", help="images per step"
+        "--batch-size",
+        type=int_at_least(1),
+        default=d.batch_size,
+        metavar="N",
+        help="images per step",
     )
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--lr", type=number_in(0.0), default=d.lr, help="Adam learning rate")
     p.add_argument(
         "--teacher-weights",
         default=d.teacher_weights,
@@ -99,10 +113,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="teacher source: torchvision ImageNet weights (cache, then download), a local "
         "state-dict file, or seeded random (tests only; prints a warning)",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for data split, init, order")
+    p.add_argument(
+        "--seed", type=int_at_least(0), default=d.seed, help="seed for data split, init, order"
+    )
     p.add_argument(
         "--holdout-fraction",
-        type=float,
+        type=number_in(0.0, 1.0, high_open=True),
         default=d.holdout_fraction,
         metavar="F",
         help="fraction of good images kept out of training to calibrate the thresholds "
@@ -111,14 +127,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     p.add_argument(
         "--threshold-percentile",
-        type=float,
+        type=number_in(0.0, 100.0),
         default=d.threshold_percentile,
         metavar="P",
         help="image threshold = this percentile of held-out good scores",
     )
     p.add_argument(
         "--pixel-threshold-percentile",
-        type=float,
+        type=number_in(0.0, 100.0),
         default=d.pixel_threshold_percentile,
         metavar="P",
         help="pixel threshold (masks, regions) = this percentile of held-out good map values",
@@ -133,57 +149,74 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     p.add_argument(
         "--amp",
         action="store_true",
-        help="float16 mixed precision on CUDA (faster; off by default: the official code trains "
-        "in float32)",
+        help="float16 mixed precision on CUDA (faster; the official code trains in float32)",
     )
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=int_at_least(1),
         default=d.checkpoint_every,
         metavar="EPOCHS",
         help="write OUT/last.pt (for --resume) every this many epochs",
     )
-    p.add_argument(
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume", action="store_true", help="continue from OUT/last.pt (its config wins)"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="OUT holds a run already: replace it (its files are deleted first; without this, "
+        "such a folder is refused so that two runs never mix)",
     )
     p.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bar (there is none anyway when stderr is not a terminal)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=functools.partial(run, p))
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """The mistakes that need no torch to see, reported at once."""
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The mistakes that need no torch (and no data) to see, reported at once. Values out of
+    range were refused by the parser already (:mod:`rdad.commands.argtypes`)."""
     if args.resume:
         if not (args.out / "last.pt").is_file():
             raise CommandError(f"--resume: no {args.out / 'last.pt'} to continue from")
         return
     if args.data is None:
-        raise CommandError("--data is required (unless --resume)")
+        parser.error("--data is required (unless --resume)")
     if not args.data.is_dir():
         raise CommandError(f"--data {args.data}: no such folder")
     weights = args.teacher_weights
-    if weights not in ("imagenet", "random") and not Path(weights).is_file():
+    if weights not in ("imagenet", "random"):
+        if not Path(weights).is_file():
+            raise CommandError(
+                f"--teacher-weights {weights}: no such file (use imagenet, random or a file path)"
+            )
+        # Read its first bytes now: a wrong file must not cost the seconds of loading the data.
+        if problem := torch_file_problem(Path(weights)):
+            raise CommandError(f"--teacher-weights {weights}: not a state-dict file: {problem}")
+    previous = existing_run_files(args.out)
+    if previous and not args.overwrite:
         raise CommandError(
-            f"--teacher-weights {weights}: no such file (use imagenet, random or a file path)"
+            f"--out {args.out} already holds a run ({', '.join(previous)}): choose a new folder, "
+            "--resume to continue it, or --overwrite to replace it"
         )
-    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
-        raise CommandError(f"--image-size {args.image_size}: must be a multiple of 32, ≥ 32")
-    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
-        raise CommandError("--epochs must be ≥ 0 and --batch-size ≥ 1")
-    if args.checkpoint_every < 1:
-        raise CommandError("--checkpoint-every must be ≥ 1")
-    if not 0.0 < args.holdout_fraction < 1.0:
-        raise CommandError(f"--holdout-fraction {args.holdout_fraction}: must be in (0, 1)")
-    for flag in ("threshold_percentile", "pixel_threshold_percentile"):
-        if not 0.0 < getattr(args, flag) <= 100.0:
-            raise CommandError(f"--{flag.replace('_', '-')}: must be in (0, 100]")
 
 
-def run(args: argparse.Namespace) -> int:
-    check_arguments(args)  # before torch: a typo costs no import time
+def existing_run_files(out: Path) -> list[str]:
+    """The files of an earlier ``rdad train`` in ``out``, by name."""
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    check_arguments(parser, args)  # before torch: a typo costs no import time
+    if args.overwrite:
+        # Deleted, not left to be overwritten: a shorter run writes no last.pt and an
+        # --epochs 0 run no loss.png, and the old ones would pass for the new run's. (Under
+        # torchrun every process gets here: one may have deleted a file already.)
+        for name in existing_run_files(args.out):
+            (args.out / name).unlink(missing_ok=True)
 
     from rdad.model.backbones import TeacherWeightsError
     from rdad.model.config import TrainConfig

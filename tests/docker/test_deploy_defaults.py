@@ -141,6 +141,8 @@ def test_image_tags_are_the_project_version() -> None:
         ("models/README.txt", True),
         ("reports/bottle.json", True),
         ("reports/bottle.md", True),
+        ("results/results.csv", True),  # rdad predict --out results/ (the README's example)
+        ("results/photos/000.heatmap.png", True),
         (".env", True),
         ("model/network.py", False),
         ("service/routes/models.py", False),

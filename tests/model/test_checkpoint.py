@@ -75,8 +75,23 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(
 def test_not_a_checkpoint_is_refused_with_a_reason(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match=r"not a PyTorch file.*'not a checkpoint'"):
         read_checkpoint(garbage)
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match="empty"):
+        read_checkpoint(empty)
+    # A damaged file of torch's older (pickle) format: the unpickler's own error (a KeyError, an
+    # EOFError, ...) is reported as a damaged checkpoint, never as the bare exception.
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"format": 2}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:24] + b"hello")
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {legacy}"):
+        read_checkpoint(legacy)
+    state_dict = tmp_path / "teacher.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, state_dict)
+    with pytest.raises(CheckpointError, match="state dict"):
+        read_checkpoint(state_dict)
     other = tmp_path / "other.pt"
     torch.save({"format": 1, "model": {}}, other)
     with pytest.raises(CheckpointError, match="format"):

@@ -4,6 +4,8 @@ non-zero exit, and argument mistakes are caught before torch is imported."""
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -73,39 +75,84 @@ def test_argument_errors_are_one_line_with_status_2() -> None:
     assert "resnet9" in one_error_line(result, "train")
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--data", "{missing}"], "no such folder"),
-        (["--data", "{tmp}", "--teacher-weights", "{missing}"], "no such file"),
-        (["--data", "{tmp}", "--image-size", "100"], "multiple of 32"),
-        (["--data", "{tmp}", "--holdout-fraction", "1.5"], "holdout-fraction"),
-        (["--resume"], "last.pt"),
-    ],
-)
-def test_train_argument_mistakes_are_reported_before_torch_loads(
-    tmp_path: Path, args: list[str], expected: str
-) -> None:
-    filled = [a.format(missing=tmp_path / "nope", tmp=tmp_path) for a in args]
-    argv = ["train", "--out", str(tmp_path / "out"), *filled]
-    code = (
-        "import sys\n"
-        "from rdad.cli import main\n"
-        f"status = main({argv!r})\n"
-        "print('torch' in sys.modules)\n"
-        "sys.exit(status)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 1
-    assert expected in one_error_line(result, "train")
-    assert result.stdout.strip() == "False"  # torch was never imported
-
-
 def test_unexpected_failures_are_one_line_too(tmp_path: Path) -> None:
     broken = tmp_path / "checkpoint.pt"
     broken.write_bytes(b"not a torch file")
     result = rdad("eval", "--model", str(broken), "--data", str(tmp_path))
     assert result.returncode == 1
     one_error_line(result, "eval")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_states_one_default(command: str) -> None:
+    """A help line that names its default in its text gets no second, different one appended."""
+    parser = subcommand_parser(command)
+    formatter = HelpFormatter(prog=f"rdad {command}")
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help" and not action.required:
+            text = formatter._expand_help(action)
+            assert len(re.findall(r"\(default|default:", text)) == 1, (action.option_strings, text)
+
+
+def examples(command: str) -> list[str]:
+    """The example command lines of ``rdad COMMAND --help`` as printed, continuations joined."""
+    epilog = subcommand_parser(command).format_help().split("examples:\n", 1)[1]
+    lines: list[str] = []
+    joining = False
+    for line in epilog.splitlines():
+        if joining:
+            lines[-1] = lines[-1].removesuffix("\\").rstrip() + " " + line.strip()
+        elif re.match(r"  ([A-Z_]+=\S* )*rdad ", line):
+            lines.append(line.strip())
+        else:
+            continue  # a description line
+        joining = lines[-1].endswith("\\")
+    return lines
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_help_example_is_a_valid_command_line(command: str) -> None:
+    listed = examples(command)
+    assert listed
+    for example in listed:
+        # A continuation printed on the same line (a lost backslash-newline) shows as a gap.
+        assert not re.search(r"\S {3,}-", example), example
+        words = shlex.split(example)
+        while re.match(r"[A-Z_]+=", words[0]):
+            words.pop(0)
+        cut = [i for i, w in enumerate(words) if w in {">", "&&", "|", "||", ";"}]
+        words = words[1 : cut[0] if cut else None]
+        assert words[0] == command, example
+        try:
+            build_parser(command).parse_args(words)
+        except SystemExit as exc:
+            pytest.fail(f"rdad {command} --help shows an example it refuses: {example} ({exc})")
+
+
+def test_top_level_help_says_what_bench_measures() -> None:
+    from rdad.benchmark import ONNX_RUNTIMES, TORCH
+
+    result = rdad("--help")
+    assert result.returncode == 0
+    # The bench entry and its wrapped continuation lines (indented deeper than the names).
+    listing = result.stdout.split("\n    bench ", 1)[1]
+    line = re.split(r"\n {0,6}\S", listing, maxsplit=1)[0]
+    said = " ".join(line.split()).lower().replace(" ", "")
+    families = {runtime.split("-")[0] for runtime in (*ONNX_RUNTIMES, TORCH)}
+    assert families == {"onnxruntime", "openvino", "torch"}
+    assert all(family in said for family in families), line
+
+
+def test_a_warning_is_one_log_line_without_its_source() -> None:
+    code = (
+        "from rdad.commands._common import setup_logging\n"
+        "from rdad.model.backbones import Teacher\n"
+        "setup_logging()\n"
+        "Teacher(backbone='resnet18', weights='random')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("WARNING rdad: teacher resnet18 uses RANDOM weights (seed 0)"), line

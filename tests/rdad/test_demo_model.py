@@ -3,7 +3,11 @@ demo model that really passes the good samples and flags the defective ones."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -33,6 +37,45 @@ def test_try_it_lines_point_at_written_samples(tmp_path: Path) -> None:
     assert [f.name for f in files] == ["good_1.png", "defect_scratch.png"]
     assert all(f.is_file() for f in files)
     assert any(f"rdad predict --url http://127.0.0.1:8000 {folder}" in line for line in lines)
+
+
+def test_try_it_lines_work_from_a_new_shell(tmp_path: Path) -> None:
+    lines = try_it_lines(tmp_path / "models", "http://127.0.0.1:8000")
+    curls = [line for line in lines if "curl" in line]
+    # The verdict only: the default answer's base64 heatmap would flood the terminal.
+    assert len(curls) == 2
+    assert all('"http://127.0.0.1:8000/predict?heatmap=false"' in line for line in curls)
+    # A new shell has not activated this environment: the command is given by its full path.
+    (predict,) = [line for line in lines if " predict --url " in line]
+    command = Path(shlex.split(predict)[0])
+    assert command.is_absolute() and command.is_file() and os.access(command, os.X_OK)
+    assert command.parent == Path(sys.executable).parent
+    done = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("rdad ")
+
+
+def test_demo_build_warns_once_about_its_random_teacher(tmp_path: Path) -> None:
+    # The real build, made small (16 parts, 64 px, one epoch), with the command's logging.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import rdad.default_model as demo\n"
+        "from rdad.commands._common import setup_logging\n"
+        "demo.DEMO_EPOCHS, demo.DEMO_TRAIN_IMAGES, demo.DEMO_IMAGE_SIZE = 1, 16, 64\n"
+        "setup_logging()\n"
+        "demo.build_demo_model(Path(sys.argv[1]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "models")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    said = [line for line in output.splitlines() if "random" in line.lower()]
+    assert len(said) == 1, output
+    assert "UserWarning" not in output and "py.warnings" not in output
 
 
 @pytest.mark.slow

@@ -116,6 +116,30 @@ def test_inspection_page_scores_an_upload_and_rejudges_live(
         assert page.external_requests == []
 
 
+def test_uploads_of_one_name_get_cards_told_apart(
+    bottle_model_dir: Path, bottle_image: Path, tmp_path: Path
+) -> None:
+    # Three files called 000.png, from three folders (a browser gives the page no folder).
+    uploads = []
+    for folder in ("line1", "line2", "line3"):
+        (tmp_path / folder).mkdir()
+        uploads.append(tmp_path / folder / "000.png")
+        shutil.copy(bottle_image, uploads[-1])
+    with serve(bottle_model_dir) as url, browser(tmp_path) as page:
+        page.goto(url + "/")
+        page.wait_for_selector("#model option[value=bottle]", state="attached")
+        page.set_input_files("#files", [str(p) for p in uploads])
+        page.wait_for_function(
+            "document.querySelectorAll('.card[data-verdict=normal], "
+            ".card[data-verdict=anomalous]').length === 3"
+        )
+        titles = page.locator(".card .name").all_inner_texts()
+        assert sorted(titles) == ["000.png", "000.png (2)", "000.png (3)"]
+        infos = page.locator(".card .file").all_inner_texts()
+        kb = f"{bottle_image.stat().st_size / 1024:.1f} KB"
+        assert len(infos) == 3 and all(info.startswith(kb + " · modified ") for info in infos)
+
+
 def test_api_key_field_appears_when_auth_is_on(bottle_model_dir: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(bottle_model_dir, models)
@@ -130,6 +154,11 @@ def test_api_key_field_appears_when_auth_is_on(bottle_model_dir: Path, tmp_path:
         page.click("#key-use")
         page.wait_for_selector("#model option[value=bottle]", state="attached")
         assert page.locator("#error").is_hidden()
+        # The API docs offer to authorize: this server checks a key.
+        page.goto(url + "/docs")
+        page.wait_for_selector(".opblock-summary-path")
+        assert page.locator(".btn.authorize").count() == 1
+        assert page.locator(".opblock .authorization__btn").count() > 0
 
 
 def test_docs_and_redoc_render_offline(bottle_model_dir: Path, tmp_path: Path) -> None:
@@ -138,6 +167,9 @@ def test_docs_and_redoc_render_offline(bottle_model_dir: Path, tmp_path: Path) -
         page.wait_for_selector(".opblock-summary-path")
         paths = page.locator(".opblock-summary-path").all_inner_texts()
         assert "/predict" in paths and "/models/{name}/predict" in paths and "/readyz" in paths
+        # No key configured: nothing to authorize, no lock on any route.
+        assert page.locator(".btn.authorize").count() == 0
+        assert page.locator(".opblock .authorization__btn").count() == 0
         page.screenshot(path=str(artifact_dir() / "docs.png"))
         page.goto(url + "/redoc")
         page.locator("h2", has_text="Score images with the default model").wait_for()

@@ -114,4 +114,19 @@ def test_argument_mistakes_are_one_line(tmp_path: Path) -> None:
     both = rdad("--model", "a.onnx", "--url", "http://x", str(tmp_path))
     assert both.returncode == 2 and both.stderr.count("\n") == 1
     bad_threshold = rdad("--threshold", "1.5", str(tmp_path))
-    assert bad_threshold.returncode == 1 and "--threshold" in bad_threshold.stderr
+    assert bad_threshold.returncode == 2 and "argument --threshold" in bad_threshold.stderr
+
+
+def test_a_local_run_says_only_what_the_user_needs(
+    model_dir: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"not a png at all")
+    good = synthetic_dir / "test" / "good" / "000.png"
+    result = rdad("--model", str(model_dir / "tiny.onnx"), str(good), str(fake))
+    assert result.returncode == 4, result.stderr
+    # The file's name once, not again at the start of the reason.
+    assert f"rdad predict: not scored: {fake}: not a readable image" in result.stderr
+    assert result.stderr.count("fake.png") == 1
+    # No settings the user never gave (the local engine runs on the CPU, without saying so).
+    assert "RDAD_" not in result.stderr, result.stderr
