@@ -137,11 +137,11 @@ env "${DECODE_ENV[@]}" timeout "$STEP_S" $PY benchmarks/gpu_decode.py --images-o
   --json "$RESULTS/decode.json" $DECODE_ARGS || skip "decode benchmark failed"
 
 # --- the service under load -------------------------------------------------------------------
-serve() { # serve PORT MODEL_DIR LOG
+serve() { # serve PORT MODEL_DIR LOG [MORE FLAGS]
   # --runtime onnxruntime: this check measures ONNX Runtime (CUDA EP on a GPU); on a CPU host with
   # OpenVINO installed, `auto` would otherwise pick whichever runtime was faster at warm-up.
   (cd "$WORK" && exec $PY -m rdad serve --model-dir "$2" --device "$DEVICE" --runtime onnxruntime --max-batch-size "$MAXB" \
-    --port "$1" --no-access-log --log-level warning >"$3" 2>&1) &
+    --port "$1" --no-access-log --log-level warning "${@:4}" >"$3" 2>&1) &
   echo $!
 }
 free_port() { # a loopback port nothing listens on right now
@@ -156,9 +156,18 @@ wait_ready() { # wait_ready PORT PID
   done
   return 1
 }
-load() { # load NAME URLS IMAGES CONCURRENCY FILES
+wait_workers() { # wait_workers PORT COUNT: /readyz is one worker's; every worker's model is ready
+  for _ in $(seq 1 $((STEP_S * 2))); do
+    $PY -c "import httpx, sys; t = httpx.get('http://127.0.0.1:$1/metrics').text
+sys.exit(sum(l.startswith('rdad_model_info{') and 'state=\"ready\"' in l and l.endswith(' 1.0')
+             for l in t.splitlines()) < $2)" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+load() { # load NAME URLS IMAGES CONCURRENCY FILES [WORKERS]
   timeout $((LOAD_S * 4 + 90)) $PY benchmarks/gpu_load.py --url "$2" --images "$WORK/images/$3" --concurrency "$4" \
-    --files-per-request "$5" --seconds "$LOAD_S" --processes "$LOAD_PROCS" \
+    --files-per-request "$5" --seconds "$LOAD_S" --processes "$LOAD_PROCS" --workers "${6:-1}" \
     --json "$RESULTS/load-$1.json" | tail -n1
 }
 LOAD_PROCS=$([ $MODE = gpu ] && echo 6 || echo 1)
@@ -208,6 +217,25 @@ else
       kill -TERM "$pid2" 2>/dev/null
     else
       skip "two servers sharing the device: out of time budget"
+    fi
+    if [ "$(left)" -gt 45 ]; then
+      # One server, two worker processes on its port (rdad serve --workers 2): the row to set
+      # against the single-server jpeg256 row at the same concurrency (docs/workers.md).
+      port3=$(free_port)
+      pid3=$(serve "$port3" "$SERVE_DIR" "$RESULTS/serve-workers.log" --workers 2)
+      if wait_ready "$port3" "$pid3" && wait_workers "$port3" 2; then
+        load "jpeg256-c$c-2workers" "http://127.0.0.1:$port3" jpeg256 "$c" 1 2
+        if [ $MODE = gpu ]; then # what each worker holds on the device (its CUDA context + model)
+          nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader \
+            >"$RESULTS/workers-gpu-memory.csv" 2>&1 || true
+        fi
+      else
+        skip "two workers did not both become ready (see serve-workers.log)"
+        tail -n 5 "$RESULTS/serve-workers.log"
+      fi
+      kill -TERM "$pid3" 2>/dev/null
+    else
+      skip "two workers on one port: out of time budget"
     fi
   else
     skip "service did not become ready (see serve.log)"

@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--files-per-request", type=int, default=1)
     parser.add_argument("--query", default="")
+    parser.add_argument("--workers", type=int, default=1, help="as started (rdad serve --workers)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     paths = sorted(p for p in args.images.iterdir() if p.suffix in {".png", ".jpg", ".jpeg"})
@@ -143,6 +144,7 @@ def main() -> None:
         args.url.split(","), images, concurrency=args.concurrency, seconds=args.seconds,
         processes=args.processes, files=args.files_per_request, query=args.query,
     )  # fmt: skip
+    result["workers"] = args.workers  # recorded for the report; the server was started with it
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

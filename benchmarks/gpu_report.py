@@ -117,8 +117,11 @@ def main() -> None:
             r = _load(path)
             if not r:
                 continue
+            servers = str(r.get("servers", 1))
+            if r.get("workers", 1) > 1:
+                servers += f" × {r['workers']} workers"
             lines.append(
-                f"| {path.stem[5:]} | {r.get('servers', 1)} | {r['concurrency']} | "
+                f"| {path.stem[5:]} | {servers} | {r['concurrency']} | "
                 f"{r['files_per_request']} | {r['img_s']:,.0f} | {r['req_s']:,.0f} | "
                 f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or '-'} | "
                 f"{arithmetic(r['img_s'])} |"
@@ -131,6 +134,10 @@ def main() -> None:
             if line.strip():
                 key = line.split("{")[0].split()[0]
                 values[key] = values.get(key, 0.0) + float(line.split()[-1])
+        workers_memory = res / "workers-gpu-memory.csv"
+        if workers_memory.exists():
+            apps = "; ".join(line.strip() for line in workers_memory.read_text().splitlines())
+            lines.append(f"\nGPU memory by process with two workers up (pid, used): {apps}.")
         if values.get("rdad_batch_size_count"):
             mean = float(values["rdad_batch_size_sum"]) / float(values["rdad_batch_size_count"])
             lines.append(

@@ -3,10 +3,18 @@
 A registry per :func:`rdad.service.app.create_app` call (instead of the global default) lets several
 apps live in one process (tests) without duplicate-name errors; the default process, platform and
 GC collectors are registered on it so ``/metrics`` still shows ``process_*`` and ``python_*``.
+
+Under ``rdad serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set: prometheus-client's
+multiprocess mode) every worker writes its values to its own files and ``/metrics``, whichever
+worker answers, merges all of them (:mod:`service.worker_metrics`): counters and histograms are
+summed over the workers, each gauge is merged by its ``multiprocess_mode`` (``live*``: only
+running workers count). Gauges declare that mode always; a single process ignores it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -19,6 +27,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from .run_dir import METRICS_ENV
+from .worker_metrics import worker_registry
 
 # Latency buckets from 1 ms to 60 s: covers a batch-1 resnet18 on GPU up to a queued CPU request.
 LATENCY_BUCKETS = (
@@ -54,9 +65,15 @@ class Metrics:
 
     def __init__(self, *, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        # The variable prometheus-client chose its value storage by, when first imported.
+        shared = os.environ.get(METRICS_ENV)
+        self.multiprocess = shared is not None
+        """Values live in the workers' shared files; what ``/metrics`` shows is their merge."""
+        self._exposed = self.registry if shared is None else worker_registry(shared)
+        if shared is None:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
         reg = self.registry
         self.requests = Counter(
             "rdad_requests", "HTTP requests by model, endpoint and status code.",
@@ -79,8 +96,9 @@ class Metrics:
             ["model"], buckets=_batch_buckets(max_batch_size), registry=reg,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "rdad_queue_depth", "Images waiting for a batch.", ["model"], registry=reg
-        )
+            "rdad_queue_depth", "Images waiting for a batch.", ["model"], registry=reg,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.inference_failures = Counter(
             "rdad_inference_failures", "Batches whose inference raised.", ["model"], registry=reg
         )
@@ -96,21 +114,23 @@ class Metrics:
             "Model versions and files (value 1) by state: loading, warming, ready, failed, "
             "draining; version, provider, size and backbone are empty until a file has loaded.",
             ["model", "version", "provider", "image_size", "backbone", "state"], registry=reg,
+            multiprocess_mode="liveall",  # one series per worker (label pid): which has what
         )  # fmt: skip
         self.model_ready = Gauge(
-            "rdad_model_ready", "1 once the model is loaded and warm.", ["model"], registry=reg
-        )
+            "rdad_model_ready", "1 once the model is loaded and warm (in every worker).",
+            ["model"], registry=reg, multiprocess_mode="livemin",
+        )  # fmt: skip
         self.live = Gauge(
             "rdad_live", "1 while /healthz answers 200 (no dead collector, no stuck batch).",
-            registry=reg,
+            registry=reg, multiprocess_mode="livemin",
         )  # fmt: skip
         self.liveness_failure = Gauge(
             "rdad_liveness_failure", "1 while this liveness check fails for the model.",
-            ["model", "reason"], registry=reg,
+            ["model", "reason"], registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         self.batch_running = Gauge(
             "rdad_batch_running_seconds", "How long the model's current batch has been running.",
-            ["model"], registry=reg,
+            ["model"], registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         self.overloaded = Counter(
             "rdad_admission_refused", "Requests refused at admission (503) by reason.",
@@ -123,7 +143,7 @@ class Metrics:
         self.memory_in_use = Gauge(
             "rdad_memory_budget_bytes_in_use",
             "Bytes of request bodies and decoded pixels held by requests in flight.",
-            registry=reg,
+            registry=reg, multiprocess_mode="livesum",
         )  # fmt: skip
         self.model_loads = Counter(
             "rdad_model_loads", "Model file loads (start, poll, reload) by result.",
@@ -143,5 +163,15 @@ class Metrics:
         self.images.labels(model, "anomalous" if anomalous else "normal").inc()
         self.normalized_score.labels(model).observe(normalized_score)
 
+    def retire(self, gauge: Gauge, *labels: str) -> None:
+        """The series ``labels`` of ``gauge`` no longer applies. In multiprocess mode a worker's
+        file keeps every series it ever wrote (prometheus-client cannot remove one there), so
+        it is set to 0 instead: for the 1-valued state gauges, 0 means "not any more"."""
+        if self.multiprocess:
+            gauge.labels(*labels).set(0)
+            return
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from .metrics import Metrics
 from .model_version import ModelState, PendingModel, ServedModel
 
@@ -38,11 +36,9 @@ class ModelStateGauges:
 
     def unpublish(self, entry: ServedModel | PendingModel) -> None:
         labels = self._info.pop(id(entry), None)
-        if labels is not None:
-            with contextlib.suppress(KeyError):
-                self._metrics.model_info.remove(*labels)
+        if labels is not None and labels not in self._info.values():
+            self._metrics.retire(self._metrics.model_info, *labels)
 
     def forget(self, name: str) -> None:
         """The name left the model folder: no ``rdad_model_ready`` for it any more."""
-        with contextlib.suppress(KeyError):
-            self._metrics.model_ready.remove(name)
+        self._metrics.retire(self._metrics.model_ready, name)

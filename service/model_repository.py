@@ -6,7 +6,8 @@ or warm up is *failed*, with the reason, and the others serve. With polling on
 loaded, a changed file replaces the serving version, a removed file's model is drained and dropped.
 A change is acted on once two polls in a row see the same file (a file still being copied is not
 loaded half-written), and a failed file is tried again when it changes. ``POST
-/models/{name}/reload`` (:meth:`ModelRepository.reload`) does the same for one model at once.
+/models/{name}/reload`` (:meth:`ModelRepository.reload`) does the same for one model at once; with
+several worker processes the others are asked to follow (:mod:`service.reload_requests`).
 
 Replacement fails no request: a request holds a *lease* on the version it was routed to
 (:meth:`ServedModel.lease`); the new version takes new requests as soon as it is warm, the old one
@@ -33,6 +34,7 @@ from .metrics import Metrics
 from .model_folder import FolderScan, Signature, relative_name, scan_folder
 from .model_gauges import ModelStateGauges
 from .model_version import ModelState, PendingModel, ServedModel, warm_up
+from .reload_requests import ReloadRequests
 from .settings import Settings
 
 log = logging.getLogger("rdad.service.repository")
@@ -71,6 +73,8 @@ class ModelRepository:
         self._last_scan: FolderScan | None = None
         self._lock = asyncio.Lock()  # one change at a time: poll, reload
         self._task: asyncio.Task[None] | None = None
+        self._requests = ReloadRequests.for_settings(settings)  # several workers, else None
+        self._follow: asyncio.Task[None] | None = None
         self._drains: set[asyncio.Task[None]] = set()
         self._gauges = ModelStateGauges(metrics)
 
@@ -160,6 +164,9 @@ class ModelRepository:
         for name in sorted(self.pending):
             log.error("model %s", self.describe(name))
         self._task = asyncio.create_task(self._run(), name="rdad-model-repository")
+        if self._requests is not None:
+            follow = self._requests.follow(lambda name: self._reload(name, announce=False))
+            self._follow = asyncio.create_task(follow, name="rdad-reload-requests")
 
     async def _run(self) -> None:
         async with self._lock:
@@ -182,10 +189,11 @@ class ModelRepository:
     async def stop(self, deadline: float) -> None:
         """Stop polling; let every version finish its queued work until ``deadline``
         (``time.monotonic()``), then release it."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._follow):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._drains):
             task.cancel()
         for model in [*self.models.values(), *self.draining]:
@@ -221,9 +229,12 @@ class ModelRepository:
                     self._fail(name, "", reason)
 
     async def reload(self, name: str) -> ServedModel:
-        """Load ``name``'s file now and swap it in once warm. Raises
-        :class:`ModelNotFoundError` (no such file) or :class:`ModelLoadError` (the reason; a
-        previous version keeps serving)."""
+        """Load ``name``'s file now and swap it in once warm; other workers are asked to do the
+        same. Raises :class:`ModelNotFoundError` (no such file) or :class:`ModelLoadError` (the
+        reason; a previous version keeps serving)."""
+        return await self._reload(name, announce=True)
+
+    async def _reload(self, name: str, *, announce: bool) -> ServedModel:
         async with self._lock:
             # A thread: on network storage a directory listing can take a while.
             scan = await asyncio.to_thread(scan_folder, self.settings.model_dir)
@@ -232,6 +243,8 @@ class ModelRepository:
             if name not in scan.files:
                 raise ModelNotFoundError(f"no file for model '{name[:64]}' in the model folder")
             path, signature = scan.files[name]
+            if announce and self._requests is not None:
+                self._requests.announce(name)  # now: the others load while this one does
             model = await self._replace(name, scan, path, signature)
             if model is None:
                 pending = self.pending[name]

@@ -26,6 +26,7 @@ import cv2
 from .engine import InferenceEngine
 from .errors import ModelNotFoundError, NotReadyError
 from .gpu_decode import JpegDecoder, gpu_jpeg_decoder
+from .liveness import keep_fresh
 from .memory import MemoryBudget
 from .metrics import Metrics
 from .model_repository import ModelRepository
@@ -105,6 +106,7 @@ class ServiceRuntime:
         )
         self._runner_hook = runner_hook
         self._drain_deadline: float | None = None  # time.monotonic() by which to be gone
+        self._liveness: asyncio.Task[None] | None = None  # one of several workers only
 
     def open_version(self, name: str, engine: InferenceEngine, file: str) -> ServedModel:
         """A new version of ``name`` around a loaded engine, scoring in this service's pools."""
@@ -133,6 +135,8 @@ class ServiceRuntime:
             self.jpeg_decoder = await asyncio.to_thread(gpu_jpeg_decoder, settings.device_id)
         log.info(budget_cpu_threads(settings))
         await self.repository.start()
+        if self.metrics.multiprocess:  # /metrics shows every worker's liveness (service.liveness)
+            self._liveness = asyncio.create_task(keep_fresh(self), name="rdad-liveness")
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (or the default one); raises :class:`ModelNotFoundError`, or
@@ -175,6 +179,10 @@ class ServiceRuntime:
         """Finish queued work within what is left of the grace period, then release everything."""
         self.draining = True
         deadline = self._drain_deadline or time.monotonic() + self.settings.grace_period_s
+        if self._liveness is not None:
+            self._liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness
         await self.repository.stop(deadline)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
         if self.decode_pool is not None:

@@ -6,8 +6,9 @@ closes; (3) uvicorn stops accepting, lets queued and in-flight requests finish f
 of ``grace_period_s``, then runs the lifespan shutdown; (4) the process exits 0. SIGINT (Ctrl-C)
 skips the delay; a second signal skips the waiting.
 
-One worker per GPU: this runs a single process. Concurrency comes from the batcher: worker
-processes would each hold a copy of the model and a CUDA context and time-slice the device.
+One process by default: concurrency comes from the batcher. Where one event loop is the limit
+(small models on a fast GPU), ``rdad serve --workers N`` runs N of these servers on one port
+(:mod:`service.workers`), each holding its own copy of the models (and a CUDA context).
 
 Connection limits, set deliberately (:func:`uvicorn_config`): uvicorn itself bounds neither how
 long a client may take to send its headers nor how large they grow (httptools buffers them all).
@@ -26,6 +27,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -129,8 +131,13 @@ def protocol_class(read_timeout_s: float) -> type[asyncio.Protocol]:
     )
 
 
-def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
-    """The server's configuration: every limit chosen here, none left to uvicorn's defaults."""
+WORKER_HEADER = "x-rdad-worker"
+"""Names the worker process (0..N-1) that answered, under ``rdad serve --workers N``."""
+
+
+def uvicorn_config(app: Any, settings: Settings, *, worker: int | None = None) -> uvicorn.Config:
+    """The server's configuration: every limit chosen here, none left to uvicorn's defaults.
+    ``worker``: this process's index under ``--workers N``, sent with every answer."""
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -144,16 +151,27 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         timeout_graceful_shutdown=graceful_timeout(settings.grace_period_s, settings.drain_delay_s),
         lifespan="on",
         root_path=settings.root_path,  # behind a proxy prefix; the API-key gate strips it too
+        headers=[] if worker is None else [(WORKER_HEADER, str(worker))],
     )
 
 
 class GracefulServer(uvicorn.Server):
+    """uvicorn's server with the SIGTERM sequence of the module docstring. ``parent_pid``: a
+    worker's supervisor; should it vanish (killed), the worker shuts down as on SIGTERM instead
+    of serving on, orphaned, on the port."""
+
     def __init__(
-        self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_delay_s: float
+        self,
+        config: uvicorn.Config,
+        *,
+        on_drain: Callable[[], None],
+        drain_delay_s: float,
+        parent_pid: int | None = None,
     ) -> None:
         super().__init__(config)
         self._on_drain = on_drain
         self._drain_delay_s = drain_delay_s
+        self._parent_pid = parent_pid
         self._stop_at: float | None = None
         self._announced = False
 
@@ -171,6 +189,10 @@ class GracefulServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        orphaned = self._parent_pid is not None and os.getppid() != self._parent_pid
+        if orphaned and self._stop_at is None and not self.should_exit:
+            log.warning("the supervisor (pid %s) is gone: shutting down", self._parent_pid)
+            self.handle_exit(signal.SIGTERM, None)
         if self._stop_at is not None and not self._announced:
             self._announced = True  # logged here, not in the signal handler (logging takes locks)
             log.info(

@@ -1,4 +1,5 @@
-"""``rdad serve``: the HTTP inference service (FastAPI + ONNX Runtime, one process per GPU).
+"""``rdad serve``: the HTTP inference service (FastAPI + ONNX Runtime; one process, or
+``--workers N`` processes on one port, see docs/workers.md).
 
 Every flag is also an ``RDAD_*`` environment variable (``--max-batch-size`` ↔
 ``RDAD_MAX_BATCH_SIZE``); a flag wins over its variable. Imports no torch, unless there is no model
@@ -10,11 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rdad.commands._common import add_command, setup_logging
 from rdad.errors import CommandError
+
+if TYPE_CHECKING:
+    from rdad.service.settings import Settings
 
 EXAMPLES = """\
   rdad serve
@@ -24,6 +29,9 @@ EXAMPLES = """\
       serve every models/NAME.onnx and models/NAME/model.onnx
   RDAD_PROVIDERS=cuda,cpu RDAD_MAX_BATCH_SIZE=32 rdad serve --model-dir models/
   rdad serve --model-dir models/ --tensorrt --max-delay-ms 2
+  rdad serve --model-dir models/ --workers 2
+      two server processes on one port (a small model on a fast GPU: the event loop is the
+      limit); each loads every model; /metrics sums both
   curl -F file=@part.png http://127.0.0.1:8000/predict
 """
 
@@ -38,6 +46,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--min-upload-rate-kb-s", "min_upload_rate_kb_s", float, "slower uploads are cut off (408)"),
     ("--keep-alive-s", "keep_alive_s", float, "idle keep-alive connections close after S s"),
     ("--max-connections", "max_connections", int, "open connections, 503 beyond"),
+    ("--workers", "workers", int, "server processes on the port, each with its own models"),
+    ("--run-dir", "run_dir", Path, "folder the workers share (default: a temporary one)"),
     ("--max-batch-size", "max_batch_size", int, "images per inference batch (default 16)"),
     ("--max-delay-ms", "max_delay_ms", float, "batch closes this long after its first image"),
     ("--batch-early-close", "batch_early_close", bool, "close early if nothing is coming"),
@@ -194,10 +204,33 @@ def _drop_model_load_traceback(record: logging.LogRecord) -> bool:
     return not (message.startswith("Traceback") and "ModelLoadError" in message)
 
 
-def run(args: argparse.Namespace) -> int:
+def _server(settings: Settings, worker: int | None = None) -> tuple[Any, Any]:
+    """The app and its server, as one process (``worker`` None) or one of ``--workers N``."""
     from rdad.service.app import create_app
-    from rdad.service.device import DevicePolicyError, preflight
     from rdad.service.server import GracefulServer, uvicorn_config
+
+    app = create_app(settings)
+    server = GracefulServer(
+        uvicorn_config(app, settings, worker=worker),
+        on_drain=app.state.runtime.begin_drain,
+        drain_delay_s=settings.drain_delay_s,
+        parent_pid=None if worker is None else os.getppid(),
+    )
+    logging.getLogger("uvicorn.error").addFilter(_drop_model_load_traceback)
+    return app, server
+
+
+def serve_worker(settings: Settings, sockets: list[socket.socket], index: int) -> None:
+    """One worker process of ``rdad serve --workers N`` (:mod:`rdad.service.workers` spawns it
+    with the supervisor's settings, flags included): the same server as a single process, on
+    the socket the supervisor bound for it. Exits 3 when its start fails, as uvicorn does."""
+    setup_logging()
+    _, server = _server(settings, worker=index)
+    server.run(sockets=sockets)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rdad.service.device import DevicePolicyError, preflight
 
     setup_logging()
     settings = _settings(args)
@@ -206,15 +239,18 @@ def run(args: argparse.Namespace) -> int:
     except DevicePolicyError as exc:
         raise CommandError(exc.detail) from None
     _ensure_models(settings, args.model_dir is not None or bool(os.environ.get("RDAD_MODEL_DIR")))
-    app = create_app(settings)
-    server = GracefulServer(
-        uvicorn_config(app, settings),
-        on_drain=app.state.runtime.begin_drain,
-        drain_delay_s=settings.drain_delay_s,
-    )
     url = f"http://{settings.host}:{settings.port}"
     print(f"rdad serve: starting on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True)
-    logging.getLogger("uvicorn.error").addFilter(_drop_model_load_traceback)
+    if settings.workers > 1:
+        from uvicorn.config import STARTUP_FAILURE
+
+        from rdad.service.workers import Supervisor
+
+        status = Supervisor(settings, serve_worker).run()
+        if status == STARTUP_FAILURE:  # a worker's start failed, or the port: logged above
+            raise CommandError("the service failed to start: see the error above")
+        return status
+    app, server = _server(settings)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model loading) fails

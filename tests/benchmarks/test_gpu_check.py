@@ -73,10 +73,13 @@ def test_gpu_check_cpu_mode_runs_every_step(tmp_path: Path) -> None:
     loads = {r[0] for r in service}
     skipped = [line for line in out.splitlines() if "SKIPPED" in line]
     expected = {"jpeg256-c4", "png900-c4", "jpeg256-c8", "png900-c8", "jpeg256-c8-f8"}
-    assert expected | {"jpeg256-c8-2servers"} <= loads, skipped
+    assert expected | {"jpeg256-c8-2servers", "jpeg256-c8-2workers"} <= loads, skipped
     for row in service:
         assert float(row[4].replace(",", "")) > 0 and row[8] == "-", row  # img/s, no errors
         assert number.match(row[6]) and number.match(row[7]), row  # p50, p99
+    servers = {r[0]: r[1] for r in service}
+    assert servers["jpeg256-c8-2workers"] == "1 × 2 workers"
+    assert servers["jpeg256-c8-2servers"] == "2" and servers["jpeg256-c8"] == "1"
     assert "provider CPUExecutionProvider" in out
 
     merged = json.loads((tmp_path / "results" / "gpu_check.json").read_text())

@@ -471,7 +471,7 @@ def deployment_files() -> list[Path]:
         DOCKER / "Dockerfile",
         DOCKER / "Dockerfile.train",
         COMPOSE_FILE,
-        *sorted(K8S.glob("*.yaml")),
+        *sorted(K8S.rglob("*.yaml")),
     ]
 
 
@@ -835,6 +835,82 @@ def test_k8s_service_hpa_and_pdb_fit_the_deployment(k8s: dict[str, dict[str, Any
     pdb = k8s["PodDisruptionBudget"]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["minAvailable"] < hpa["minReplicas"], "a PDB at minReplicas blocks every drain"
+
+
+# --- Kubernetes: scaling on the queue wait (opt-in) --------------------------------------------
+
+QUEUE_WAIT = K8S / "queue-wait"
+
+
+def json_patch(document: Any, operations: list[dict[str, Any]]) -> Any:
+    """RFC 6902 ``add`` / ``replace`` on object members: what the component's patch uses."""
+    out = json.loads(json.dumps(document))
+    for op in operations:
+        assert op["op"] in ("add", "replace"), op
+        *parents, last = op["path"].lstrip("/").split("/")
+        node = out
+        for key in parents:
+            node = node[key]
+        assert op["op"] == "add" or last in node, f"nothing to replace at {op['path']}"
+        node[last] = op["value"]
+    return out
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity as a number: ``100m`` = 0.1."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_cpu_scaling_stays_the_default(k8s: dict[str, dict[str, Any]]) -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    assert "components" not in kustomization, "scaling on the queue wait needs an adapter: opt-in"
+    assert "#   - queue-wait" in (K8S / "kustomization.yaml").read_text(), "the opt-in is shown"
+    (metric,) = k8s["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+
+
+def test_queue_wait_component_swaps_the_hpa_metric(k8s: dict[str, dict[str, Any]]) -> None:
+    component = load_yaml(QUEUE_WAIT / "kustomization.yaml")
+    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert component["kind"] == "Component"
+    hpa = k8s["HorizontalPodAutoscaler"]
+    (patch,) = component["patches"]
+    assert patch["target"] == {
+        "group": "autoscaling",
+        "version": "v2",
+        "kind": "HorizontalPodAutoscaler",
+        "name": hpa["metadata"]["name"],
+    }
+    patched = json_patch(hpa, load_yaml(QUEUE_WAIT / patch["path"]))
+    (metric,) = patched["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["target"]["type"] == "AverageValue"
+    target_s = quantity(metric["pods"]["target"]["averageValue"])
+    request_timeout_s = Settings.model_fields["request_timeout_s"].default
+    assert 0 < target_s < request_timeout_s, "a queue wait the service can reach without 504s"
+    assert patched["spec"]["behavior"] == hpa["spec"]["behavior"], "only the metric changes"
+    rules = load_yaml(QUEUE_WAIT / "prometheus-adapter-rules.yaml")["rules"]["custom"]
+    assert metric["pods"]["metric"]["name"] in {rule["name"]["as"] for rule in rules}
+
+
+def test_prometheus_adapter_rule_reads_series_the_service_exports() -> None:
+    values = load_yaml(QUEUE_WAIT / "prometheus-adapter-rules.yaml")
+    assert values["rules"]["default"] is False, "only rdad's rule, not every series as a metric"
+    (rule,) = values["rules"]["custom"]
+    catalog = metric_catalog()
+    series = re.findall(r"\b(rdad_[a-z0-9_]+)\b", rule["seriesQuery"])
+    assert series and all(name in catalog for name in series), rule["seriesQuery"]
+    assert any(re.fullmatch(rule["name"]["matches"], name) for name in series)
+    overrides = rule["resources"]["overrides"]
+    assert {v["resource"] for v in overrides.values()} == {"namespace", "pod"}
+    query = rule["metricsQuery"]
+    used = re.findall(r"\b(rdad_[a-z0-9_]+)\{([^}]*)\}", query)
+    wanted = {"rdad_queue_wait_seconds_sum", "rdad_queue_wait_seconds_count"}
+    assert {name for name, _ in used} == wanted, "the mean wait: sum over count"
+    assert all(name in catalog and selector == "<<.LabelMatchers>>" for name, selector in used)
+    assert query.count("by (<<.GroupBy>>)") == len(used), "one value per pod"
+    assert "clamp_min(" in query, "no traffic must read 0, not a division by zero"
 
 
 # --- the serving image's command line, on the host ----------------------------------------------

@@ -69,3 +69,13 @@ def test_empty_explicit_model_dir_with_polling_starts_and_says_so(
     assert f"{tmp_path / 'models'}: the model folder does not exist" in out
     assert "loading models as they appear (checked every 5 s)" in out
     assert not (tmp_path / "models").exists()  # no demo model built into an explicit folder
+
+
+def test_workers_and_their_folder_are_settings(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RDAD_WORKERS", "3")
+    args = build_parser("serve").parse_args(["serve", "--run-dir", str(tmp_path)])
+    settings = _settings(args)
+    assert (settings.workers, settings.run_dir) == (3, tmp_path)
+    args = build_parser("serve").parse_args(["serve", "--workers", "2"])
+    assert _settings(args).workers == 2  # the flag wins
+    assert main(["serve", "--workers", "0"]) == 1
