@@ -32,7 +32,7 @@ EXAMPLES = """\
   rdad serve --model-dir models/ --workers 2
       two server processes on one port (a small model on a fast GPU: the event loop is the
       limit); each loads every model; /metrics sums both
-  curl -F file=@part.png http://127.0.0.1:8000/predict
+  curl -F file=@part.png "http://127.0.0.1:8000/predict?heatmap=false"
 """
 
 # (flag, Settings field, type, help). bool flags are tri-state: absent = keep the env/default.
@@ -147,7 +147,14 @@ def _settings(args: argparse.Namespace) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise CommandError(f"invalid setting {field}: {first['msg']}") from None
+        # A check across settings has no field, and pydantic prefixes "Value error, ": use the
+        # check's own words.
+        error = first.get("ctx", {}).get("error")
+        reason = str(error) if isinstance(error, ValueError) else first["msg"]
+        if not field:
+            raise CommandError(reason) from None
+        option = f"--{field.replace('_', '-')} (RDAD_{field.upper()})"
+        raise CommandError(f"invalid {option}: {reason}") from None
 
 
 def _ensure_models(settings: Any, model_dir_given: bool) -> None:
@@ -229,6 +236,17 @@ def serve_worker(settings: Settings, sockets: list[socket.socket], index: int) -
     server.run(sockets=sockets)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Before models load and warm up: a busy port is said at once, with the options to change."""
+    from rdad.service.workers import port_in_use
+
+    if problem := port_in_use(host, port):
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {problem.strerror or problem} (another rdad "
+            "serve?); choose another port with --port or RDAD_PORT"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from rdad.service.device import DevicePolicyError, preflight
 
@@ -238,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         preflight(settings)  # RDAD_DEVICE=cuda on a host that cannot run it: refuse at once
     except DevicePolicyError as exc:
         raise CommandError(exc.detail) from None
+    _check_port(settings.host, settings.port)
     _ensure_models(settings, args.model_dir is not None or bool(os.environ.get("RDAD_MODEL_DIR")))
     url = f"http://{settings.host}:{settings.port}"
     print(f"rdad serve: starting on {url} (docs: {url}/docs, ready: {url}/readyz)", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,32 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_invalid_setting_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--max-batch-size", "0"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("rdad serve: error: invalid setting max_batch_size") and "\n" not in err
+    assert err.startswith("rdad serve: error: invalid --max-batch-size (RDAD_MAX_BATCH_SIZE)")
+    assert "\n" not in err
+
+
+def test_settings_that_cannot_work_together_say_why_in_their_own_words(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--max-queue", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "max_queue (1) < max_files (16)" in err and "Value error" not in err
+    assert "\n" not in err
+
+
+def test_a_busy_port_is_refused_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # No model folder given: the demo model would be built, were the port not checked first.
+        status = main(["serve", "--host", "127.0.0.1", "--port", str(port)])
+    err = capsys.readouterr()
+    assert status == 1
+    assert f"127.0.0.1:{port}" in err.err and "--port" in err.err and "RDAD_PORT" in err.err
+    assert "demo" not in err.out + err.err
 
 
 def test_empty_explicit_model_dir_is_refused_without_polling(tmp_path: Path, capsys) -> None:
