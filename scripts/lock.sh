@@ -6,7 +6,7 @@
 #   scripts/lock.sh --upgrade                move every pin to the newest release pyproject allows
 #   scripts/lock.sh --upgrade-package NAME   move one package (repeatable)
 #
-# requirements/dev.lock    train + serve + dev extras: .ci/run and the README commands (pip -c)
+# requirements/dev.lock    train + serve + dev + docs extras: .ci/run and the README commands (pip -c)
 # requirements/serve.lock  serve extra: the serving image (docker/Dockerfile)
 # requirements/train.lock  train extra: the training image (docker/Dockerfile.train)
 #
@@ -28,7 +28,7 @@ compile() {
 }
 
 extra_args=("$@")
-compile --extra train --extra serve --extra dev -o requirements/dev.lock "${extra_args[@]}"
+compile --extra train --extra serve --extra dev --extra docs -o requirements/dev.lock "${extra_args[@]}"
 compile --extra serve -c requirements/dev.lock -o requirements/serve.lock "${extra_args[@]}"
 compile --extra train -c requirements/dev.lock -o requirements/train.lock "${extra_args[@]}"
 echo "scripts/lock.sh: requirements/dev.lock, serve.lock and train.lock are up to date"

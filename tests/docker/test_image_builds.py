@@ -75,9 +75,10 @@ def test_pypi_cuda_split_holds_for_the_installed_wheel() -> None:
         check_image.pypi_cuda_major("1.18.1")
 
 
-def test_readme_documents_the_cuda12_build(serve_df: Dockerfile) -> None:
+def test_deploy_docs_document_the_cuda12_build(serve_df: Dockerfile) -> None:
+    """The CUDA 12 pair that docs/deploy.md tells users to build with is the tested one."""
     pair = load_check_image().BUILD_PAIRS[12]
-    for text in ((REPO / "README.md").read_text(), (DOCKER / "Dockerfile").read_text()):
+    for text in ((REPO / "docs" / "deploy.md").read_text(), (DOCKER / "Dockerfile").read_text()):
         for key, value in pair.items():
             assert f"--build-arg {key}={value}" in text
 

@@ -205,7 +205,7 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(
 def test_export_into_a_watched_folder_replaces_the_file_in_one_step(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README suggests exporting straight into the served model folder: the new graph is
+    """docs/export.md suggests exporting straight into the served model folder: the new graph is
     written under a hidden name there (which a folder scan never takes for a model) and renamed
     over the old file in one step, so the service sees the old file or the new one, never a
     half-written one."""

@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def test_bottle_train_export_eval_beats_the_untrained_baseline(tmp_path: Path) -> None:
     data = shared_path("RDAD_MVTEC_BOTTLE", SHARED / "datasets" / "mvtec_bottle")
     teacher = shared_path("RDAD_TEACHER_WEIGHTS", SHARED / "teachers" / "resnet18_cifar10.pth")
-    # 128 px and 3 epochs keep this near a minute on two cores; README's table uses the full
-    # 256 px / 10 epoch setting.
+    # 128 px and 3 epochs keep this near a minute on two cores; the table in docs/performance.md
+    # uses the full 256 px / 10 epoch setting.
     common = {
         "data": str(data),
         "backbone": "resnet18",

@@ -14,7 +14,7 @@ from .conftest import PLATFORMS, applies, pins_for, project_requirements, read_l
 
 RUNTIMES = {"onnxruntime", "onnxruntime-gpu"}
 # lock file → the extras it is resolved for (scripts/lock.sh)
-LOCK_EXTRAS = {"dev": ("train", "serve", "dev"), "serve": ("serve",), "train": ("train",)}
+LOCK_EXTRAS = {"dev": ("train", "serve", "dev", "docs"), "serve": ("serve",), "train": ("train",)}
 
 
 @pytest.mark.parametrize("extra", ["serve", "train"])
