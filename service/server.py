@@ -52,6 +52,10 @@ def _raw_error(status: int, reason: str, error: str, detail: str) -> bytes:
     return head.encode() + body
 
 
+LINGER_S = 2.0
+"""How long a refused connection's late bytes are still read (and dropped) before it closes."""
+
+
 class HeaderDeadline:
     """Mixed into uvicorn's HTTP protocol class: a deadline and a size limit for request
     headers (see the module docstring). A request's headers are complete when the protocol has
@@ -66,6 +70,7 @@ class HeaderDeadline:
         super().connection_made(transport)  # type: ignore[misc]
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
         self._arm()
 
     def _awaiting_headers(self) -> bool:
@@ -86,6 +91,8 @@ class HeaderDeadline:
             self._header_timer = None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # refused: what still arrives is read only to be dropped
+            return
         waiting, before = self._awaiting_headers(), self.cycle
         if waiting:
             self._arm()
@@ -98,11 +105,23 @@ class HeaderDeadline:
             return
         self._header_bytes += len(data)
         if self._header_bytes > self.max_header_bytes:
-            self._disarm()
             detail = f"request headers over {self.max_header_bytes:,} bytes"
-            self.transport.write(_raw_error(431, "Request Header Fields Too Large",
-                                            "headers_too_large", detail))  # fmt: skip
+            self._refuse(_raw_error(431, "Request Header Fields Too Large",
+                                    "headers_too_large", detail))  # fmt: skip
+
+    def _refuse(self, answer: bytes) -> None:
+        """Send ``answer`` and close the way Apache's lingering close does: the write side first
+        (the client reads the answer, then end of stream), then, after :data:`LINGER_S`, the
+        socket. Closed at once, a socket with the client's bytes still unread sends a reset,
+        and a reset makes the client's kernel drop the answer before the client reads it."""
+        self._disarm()
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = True
+        asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -118,8 +137,7 @@ class HeaderDeadline:
         self._header_timer = None
         if self._awaiting_headers() and not self.transport.is_closing():
             detail = f"the request headers did not arrive within {self.read_timeout_s:g} s"
-            self.transport.write(_raw_error(408, "Request Timeout", "upload_timeout", detail))
-            self.transport.close()
+            self._refuse(_raw_error(408, "Request Timeout", "upload_timeout", detail))
 
 
 def protocol_class(read_timeout_s: float) -> type[asyncio.Protocol]:
