@@ -13,8 +13,9 @@ on the same host and settings, after every restart):
 * ``openvino`` in ``RDAD_PROVIDERS``: OpenVINO, unless a GPU provider listed before it can start;
 * ``auto`` (default): ONNX Runtime when a GPU provider can start; on a CPU host, OpenVINO for int8
   graphs (its int8 kernels beat ONNX Runtime's QDQ path at the batch sizes the service runs:
-  README, *CPU fast path*) and ONNX Runtime for fp32 and fp16 (within a few percent of OpenVINO
-  there, and the default everywhere else). OpenVINO not installed → ONNX Runtime.
+  docs/performance.md, *CPU fast path*) and ONNX Runtime for fp32 and fp16 (within a few
+  percent of OpenVINO there, and the default everywhere else). OpenVINO not installed → ONNX
+  Runtime.
 
 The choice and its reason are logged and shown in ``/models`` (``runtime_reason``).
 """

@@ -22,7 +22,7 @@ from .decode import DecodedImage, overlay_size
 MAX_REGIONS = 64
 # Fastest deflate level (smooth maps compress well even so) and the "up" row filter instead of
 # libpng's per-row adaptive choice: 1.5-3x faster to encode heatmaps, masks and overlays, files
-# within a few percent of the adaptive size (README, Speed). OpenCV < 4.10 lacks the flag.
+# within a few percent of the adaptive size (docs/performance.md). OpenCV < 4.10 lacks the flag.
 _PNG_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     _PNG_FLAGS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]

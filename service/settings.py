@@ -40,7 +40,7 @@ def _split_csv(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """All knobs of the inference service. See the README section *Serving* for the full table."""
+    """All knobs of the inference service (the generated table: docs, *Serving → Settings*)."""
 
     model_config = SettingsConfigDict(env_prefix="RDAD_", extra="ignore", protected_namespaces=())
 
@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     """Seconds from the end of a request's upload to its answer; 504 beyond."""
     retry_after_s: int = Field(default=1, ge=0)
+    """Seconds sent in the ``Retry-After`` header of 503 answers."""
 
     # --- ONNX Runtime -------------------------------------------------------------------------
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
     session_per_bucket: bool = True
     """GPU providers: one ONNX Runtime session per batch bucket, so no session changes input
     shape. Observed on an H200 (CUDA provider, exhaustive cuDNN search): ~0.6 s per shape change
-    within a session, seconds per batch under load with mixed batch sizes (README)."""
+    within a session, seconds per batch under load with mixed batch sizes (docs/performance.md)."""
     inflight_batches: int = Field(default=0, ge=0, le=8)
     """Batches running at once per model (0 = 2 on GPU providers, so the next batch is stacked
     and uploaded while one computes; 1 on CPU, where one run already uses every core)."""
@@ -141,14 +142,14 @@ class Settings(BaseSettings):
     """Batch sizes run at start. Default: every size 1..max_batch_size on GPU providers (cuDNN
     and TensorRT pick kernels per input shape), 1 and max_batch_size on CPU."""
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
-    """Inference runtime: ``auto`` = ONNX Runtime on a usable GPU; on a CPU host the faster of
-    ONNX Runtime and OpenVINO for each model, measured at load (see ``service/engines.py``)."""
+    """Inference runtime: ``auto`` = ONNX Runtime on a usable GPU; on a CPU host OpenVINO for int8
+    graphs and ONNX Runtime for fp32/fp16 (the rule and its reason: ``service/engine.py``)."""
     cpu_workers: int = Field(default=0, ge=0)
     """Threads decoding uploads and encoding PNGs (0 = number of CPUs)."""
     decode_processes: int = Field(default=0, ge=0)
     """Decode uploads in a pool of this many processes instead of the threads (0). Small JPEGs
     hit the GIL in threads: 256×256 JPEGs on 16 cores decoded at 3,274 img/s with threads and
-    13,185 with processes (H200 host, README); large images gain nothing."""
+    13,185 with processes (H200 host, docs/performance.md); large images gain nothing."""
 
     # --- limits -------------------------------------------------------------------------------
     max_upload_mb: float = Field(default=50.0, gt=0.0)

@@ -260,9 +260,7 @@ def _render_operation(method: str, path: str, op: dict[str, Any]) -> str:
 # Fields with neither an attribute docstring in Settings nor an `rdad serve` flag whose help says
 # what they do. The build fails when one of these gets a docstring or a flag, or disappears, so
 # this list only ever shrinks: prefer a docstring in service/settings.py.
-FALLBACK_DESCRIPTIONS = {
-    "retry_after_s": "Seconds sent in the `Retry-After` header of 503 answers.",
-}
+FALLBACK_DESCRIPTIONS: dict[str, str] = {}
 
 
 def settings_sections() -> dict[str, str]:
