@@ -297,7 +297,8 @@ def test_a_port_another_server_listens_on_is_refused(model_dir: Path) -> None:
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"cannot listen on 127.0.0.1 port {port}: [Errno 98]" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "--port" in done.stderr and "RDAD_PORT" in done.stderr
     assert "worker 0 started" not in done.stderr
 
 
