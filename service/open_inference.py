@@ -152,7 +152,7 @@ def _tensor(raw: Any, binary: memoryview, offset: int) -> tuple[Tensor, int]:
     if "data" not in raw:
         raise _bad(f"tensor '{name}': no 'data' and no binary_data_size")
     if datatype == "BYTES":
-        return Tensor(name, datatype, shape, items=list(_json_items(raw["data"], count, name))), 0
+        return Tensor(name, datatype, shape, items=_json_items(raw["data"], count, name)), 0
     return Tensor(
         name, datatype, shape, array=_numeric(raw["data"], NUMERIC[datatype], shape, name)
     ), 0
