@@ -37,10 +37,7 @@ class LoadedModel:
     """Tiled models: images are cut into ``image_size`` tiles and the maps stitched."""
 
 
-def _openvino_predict(path: Path, batch_size: int) -> Predict:
-    from rdad.openvino_runtime import compile_cpu
-
-    compiled = compile_cpu(path)
+def _openvino_predict(compiled: Any, batch_size: int) -> Predict:
     request = compiled.create_infer_request()
     outputs = [compiled.output(name) for name in OUTPUT_NAMES]
 
@@ -56,20 +53,36 @@ def _openvino_predict(path: Path, batch_size: int) -> Predict:
 
 
 def load_for_eval(
-    path: Path, *, batch_size: int = 16, device: str = "cpu", runtime: str = "onnxruntime"
+    path: Path,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    runtime: str = "onnxruntime",
+    cpu_precision: str = "fp32",
 ) -> LoadedModel:
     """An ``.onnx`` file runs on ONNX Runtime (CPU here, CUDA if available) or, with
     ``runtime="openvino"``, on OpenVINO's CPU plugin compiled as the service compiles it (fp32 and
-    int8 files alike); anything else is read as a torch checkpoint."""
+    int8 files alike, at ``cpu_precision`` with the service's bf16 checks:
+    :func:`rdad.openvino_runtime.compile_at`); anything else is read as a torch checkpoint."""
+    from rdad.openvino_runtime import FP32, CpuPrecisionError
+
     if path.suffix == ".onnx" and runtime == "openvino":
+        from rdad.openvino_runtime import compile_at
+
         meta = read_onnx_metadata(path)
+        built = compile_at(path, cpu_precision, meta.precision, meta.image_size)
         return LoadedModel(
-            _openvino_predict(path, batch_size),
+            _openvino_predict(built.compiled, batch_size),
             meta.image_size,
             meta.calibration,
-            f"onnx {path.name} ({meta.backbone}, {meta.precision}, OpenVINO CPU, "
-            f"teacher {meta.teacher_weights})",
+            f"onnx {path.name} ({meta.backbone}, {meta.precision} graph, OpenVINO CPU running "
+            f"{built.precision}: {built.reason}; teacher {meta.teacher_weights})",
             meta.tiling,
+        )
+    if cpu_precision != FP32:
+        # ONNX Runtime and torch run the graph's own precision: saying so beats ignoring it.
+        raise CpuPrecisionError(
+            f"CPU precision {cpu_precision} runs on OpenVINO only (--runtime openvino)"
         )
     if path.suffix == ".onnx":
         import onnxruntime as ort
@@ -123,6 +136,7 @@ def evaluate(
     device: str = "cpu",
     pixel_size: int | None = None,
     runtime: str = "onnxruntime",
+    cpu_precision: str = "fp32",
     collect: Callable[[EvalArrays], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole test split of ``data`` and return the report dictionary (JSON-ready).
@@ -130,7 +144,13 @@ def evaluate(
     Pixel metrics are computed on a ``pixel_size`` square grid (default: the model input size).
     ``collect`` receives the images, masks, maps and scores on that grid (for the HTML report).
     """
-    model = load_for_eval(Path(model_path), batch_size=batch_size, device=device, runtime=runtime)
+    model = load_for_eval(
+        Path(model_path),
+        batch_size=batch_size,
+        device=device,
+        runtime=runtime,
+        cpu_precision=cpu_precision,
+    )
     samples = list_test_samples(Path(data))
     grid = pixel_size or model.image_size
     scored = score_images(

@@ -19,6 +19,8 @@ spot, chunk — so that scores spread and a rank correlation means something). A
 * mean |map_int8 − map_fp32| / mean |map_fp32| ≤ :data:`INT8_MAX_MAP_ERROR` (0.10): the heatmap
   is the same picture within 10 % of its typical level.
 
+The comparison itself is :func:`rdad.parity.compare`, shared with the bf16 check at load.
+
 int8 cannot meet the fp32 tolerance of 1e-3 absolute (activations keep ~2 significant digits
 through ~60 layers); these bounds judge what a user sees instead: the ranking and the heatmap.
 """
@@ -36,6 +38,7 @@ import numpy as np
 import onnx
 
 from rdad.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from rdad.parity import INT8_BOUNDS, Bounds, Parity, compare
 
 from .data import load_images, parity_images
 from .synthetic import DEFECTS, add_defect
@@ -43,38 +46,14 @@ from .synthetic import DEFECTS, add_defect
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_COUNT = 32
-INT8_MIN_SCORE_RANK_CORR = 0.90
-INT8_MAX_MAP_ERROR = 0.10
+INT8_MIN_SCORE_RANK_CORR = INT8_BOUNDS.min_score_rank_corr
+INT8_MAX_MAP_ERROR = INT8_BOUNDS.max_map_error
 TAIL_SCOPE = "/anomaly_map/"
 QUANTISED_OPS = ("Conv", "ConvTranspose")
 
 
 class QuantizationError(RuntimeError):
     """int8 export refused (no calibration images, parity outside tolerance)."""
-
-
-@dataclass(frozen=True)
-class Int8Parity:
-    images: int
-    score_rank_corr: float
-    map_error: float
-    """mean |Δmap| / mean |fp32 map| over all pixels of all parity images."""
-    max_score_diff: float
-
-    @property
-    def ok(self) -> bool:
-        # `not (x < bound)` style comparisons would let NaN through; these refuse it.
-        return (
-            self.score_rank_corr >= INT8_MIN_SCORE_RANK_CORR
-            and self.map_error <= INT8_MAX_MAP_ERROR
-        )
-
-    def describe(self) -> str:
-        return (
-            f"score rank correlation {self.score_rank_corr:.4f} (≥ {INT8_MIN_SCORE_RANK_CORR}), "
-            f"relative map error {self.map_error:.4f} (≤ {INT8_MAX_MAP_ERROR}), "
-            f"max |Δscore| {self.max_score_diff:.3e}, {self.images} images"
-        )
 
 
 def tail_nodes(model: onnx.ModelProto) -> list[str]:
@@ -182,26 +161,10 @@ def _ort_predict(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def compare(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]) -> Int8Parity:
-    """Parity figures of ``got`` (maps, scores) against the fp32 reference."""
-    from scipy.stats import spearmanr
-
-    ref_maps, ref_scores = ref
-    maps, scores = got
-    corr = float(spearmanr(ref_scores, scores).statistic) if len(scores) > 1 else float("nan")
-    scale = float(np.abs(ref_maps).mean())
-    error = float(np.abs(maps - ref_maps).mean()) / scale if scale > 0 else float("inf")
-    return Int8Parity(
-        images=len(scores),
-        score_rank_corr=corr,
-        map_error=error,
-        max_score_diff=float(np.abs(scores - ref_scores).max()),
-    )
-
-
-def check_int8(fp32_path: Path, int8_path: Path, images: np.ndarray) -> Int8Parity:
+def check_int8(fp32_path: Path, int8_path: Path, images: np.ndarray) -> Parity:
     """Run both graphs on ``images`` and compare (see the module docstring for the bounds)."""
-    return compare(_ort_predict(fp32_path, images), _ort_predict(int8_path, images))
+    bounds = Bounds(INT8_MIN_SCORE_RANK_CORR, INT8_MAX_MAP_ERROR)
+    return compare(_ort_predict(fp32_path, images), _ort_predict(int8_path, images), bounds)
 
 
 @dataclass(frozen=True)
@@ -258,7 +221,7 @@ def write_int8(fp32_path: Path, plan: Int8Plan) -> Path:
     return int8_path
 
 
-def _record_parity(path: Path, parity: Int8Parity) -> None:
+def _record_parity(path: Path, parity: Parity) -> None:
     proto = onnx.load(str(path))
     entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
     raw = json.loads(entry.value)

@@ -1,8 +1,10 @@
 """``rdad bench`` measurements: every runtime on the same inputs, interleaved, medians.
 
-One *subject* is one model file run by one runtime: a checkpoint by torch eager (the official
-code's way), an ``.onnx`` file by ONNX Runtime CPU, OpenVINO CPU, and ONNX Runtime CUDA / TensorRT
-when a GPU can start. Runtimes that cannot run here are listed with the reason.
+One *subject* is one model file run by one runtime at one precision: a checkpoint by torch eager
+(the official code's way), an ``.onnx`` file by ONNX Runtime CPU, OpenVINO CPU (fp32 and, where
+the CPU has BF16, bf16 for the layers not in int8), and ONNX Runtime CUDA / TensorRT when a GPU
+can start. Runtimes and precisions that cannot run here are listed with the reason. Speed only:
+the bf16 parity check runs where bf16 is used (``rdad serve``, ``rdad eval``), not here.
 
 Method, chosen because the machines are shared and noisy:
 
@@ -38,6 +40,8 @@ ORT_CPU, OPENVINO, ORT_CUDA, ORT_TRT, TORCH = (
     "torch-eager",
 )
 ONNX_RUNTIMES = (ORT_CPU, OPENVINO, ORT_CUDA, ORT_TRT)
+CPU_RUNTIMES = (ORT_CPU, OPENVINO)
+"""Runtimes a CPU precision (``--cpu-precisions``) applies to."""
 
 
 @dataclass
@@ -45,7 +49,10 @@ class Subject:
     model: Path
     runtime: str
     precision: str
+    """What runs (fp32, fp16, int8, bf16, int8+bf16): the graph's precision at ``cpu_precision``."""
     image_size: int
+    cpu_precision: str = "fp32"
+    """OpenVINO's inference precision for the layers not in int8 (fp32 or bf16)."""
     run: Run | None = None
     gflop: float | None = None
     results: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +112,7 @@ def load_run(subject: Subject, threads: int) -> Run:
     if subject.runtime == OPENVINO:
         from rdad.openvino_runtime import compile_cpu
 
-        request = compile_cpu(path, threads).create_infer_request()
+        request = compile_cpu(path, threads, subject.cpu_precision).create_infer_request()
         return lambda images: request.infer({0: images})
     import onnxruntime as ort
 
@@ -211,12 +218,18 @@ def _status_mib(field_name: str) -> float:
 
 
 def _peak_child(
-    model: str, runtime: str, precision: str, size: int, batch: int, threads: int
+    model: str,
+    runtime: str,
+    precision: str,
+    size: int,
+    cpu_precision: str,
+    batch: int,
+    threads: int,
 ) -> float:
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a spawned child
     # would report the parent's peak; VmHWM belongs to this process image only.
     before = _status_mib("VmRSS")
-    run = load_run(Subject(Path(model), runtime, precision, size), threads)
+    run = load_run(Subject(Path(model), runtime, precision, size, cpu_precision), threads)
     run(images_for(size, batch))
     return _status_mib("VmHWM") - before
 
@@ -232,6 +245,7 @@ def peak_memory_mib(subject: Subject, batch: int, threads: int) -> float | None:
         subject.runtime,
         subject.precision,
         subject.image_size,
+        subject.cpu_precision,
         batch,
         threads,
     )

@@ -52,6 +52,23 @@ def vector_extensions() -> list[str]:
     return [f for f in VECTOR_FLAGS if f in flags]
 
 
+# The units behind the bf16 and int8 paths (``rdad bench``'s header): the name people know, the
+# /proc/cpuinfo flag.
+FAST_PATH_FLAGS = (
+    ("AMX-BF16", "amx_bf16"),
+    ("AMX-INT8", "amx_int8"),
+    ("AVX512-BF16", "avx512_bf16"),
+    ("AVX512-VNNI", "avx512_vnni"),
+    ("AVX-VNNI", "avx_vnni"),
+)
+
+
+def fast_paths() -> dict[str, bool]:
+    """Whether this CPU has each of :data:`FAST_PATH_FLAGS` (bf16 and int8 matrix units)."""
+    present = set(vector_extensions())
+    return {name: flag in present for name, flag in FAST_PATH_FLAGS}
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -65,6 +82,7 @@ def describe() -> dict[str, object]:
         "cores": cpu_count(),
         "vector_extensions": vector_extensions(),
         "machine": platform.machine(),
+        "fast_paths": fast_paths(),
     }
 
 
@@ -72,3 +90,10 @@ def headline() -> str:
     d = describe()
     ext = " ".join(d["vector_extensions"]) or "none detected"  # type: ignore[arg-type]
     return f"CPU: {d['cpu']} ({d['cores']} cores usable, {d['machine']}); vector extensions: {ext}"
+
+
+def fast_path_line() -> str:
+    """One line: which bf16 / int8 units this CPU has (``AMX-BF16 no, …, AVX512-VNNI yes``)."""
+    return "bf16/int8 units: " + ", ".join(
+        f"{name} {'yes' if has else 'no'}" for name, has in fast_paths().items()
+    )

@@ -11,7 +11,9 @@ on the same host and settings, after every restart):
 
 * ``onnxruntime`` or ``openvino``: that runtime (OpenVINO missing → load error);
 * ``openvino`` in ``RDAD_PROVIDERS``: OpenVINO, unless a GPU provider listed before it can start;
-* ``auto`` (default): ONNX Runtime when a GPU provider can start; on a CPU host, OpenVINO for int8
+* ``auto`` (default): ONNX Runtime when a GPU provider can start; on a CPU host, OpenVINO when
+  ``RDAD_CPU_PRECISION`` is ``bf16``, or ``auto`` on a CPU with BF16 (only OpenVINO runs bf16),
+  else OpenVINO for int8
   graphs (its int8 kernels beat ONNX Runtime's QDQ path at the batch sizes the service runs:
   docs/performance.md, *CPU fast path*) and ONNX Runtime for fp32 and fp16 (within a few
   percent of OpenVINO there, and the default everywhere else). OpenVINO not installed → ONNX
@@ -44,6 +46,10 @@ log = logging.getLogger("rdad.service.engine")
 ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
 AUTO = "auto"
+ORT_NO_BF16 = (
+    "its CPU provider has no bf16 kernels on x86 (its one bf16 switch, "
+    "mlas.enable_gemm_fastmath_arm64_bfloat16, is ARM64 MatMul only)"
+)
 
 
 class BatchOutput(NamedTuple):
@@ -63,6 +69,10 @@ class InferenceEngine(Protocol):
     """Graph nodes per execution provider / device (shown in ``GET /models``)."""
     identity: ModelIdentity
     """The hash of the bytes it was built from, and why this runtime runs it."""
+    compute_precision: str
+    """What actually runs: fp32, fp16, bf16, int8 or int8+bf16 (``RDAD_CPU_PRECISION``)."""
+    precision_reason: str
+    """Why (requested, refused, ``auto``'s choice with the parity figures)."""
 
     @property
     def image_size(self) -> int: ...
@@ -165,6 +175,14 @@ def _gpu_can_start(settings: Settings) -> bool:
     return gpu_problem(_ort_settings(settings)) is None
 
 
+def _bf16_usable() -> bool:
+    """Whether this CPU can run bf16 (RDAD_CPU_PRECISION=auto moves a model to OpenVINO only then:
+    on CPUs without BF16 the runtime stays what it was)."""
+    from rdad.openvino_runtime import bf16_problem
+
+    return bf16_problem() is None
+
+
 def choose_runtime(settings: Settings, precision: str) -> tuple[str, str]:
     """``(onnxruntime | openvino, why)`` for a graph of ``precision`` on this host."""
     from .engine_openvino import openvino_problem
@@ -181,6 +199,10 @@ def choose_runtime(settings: Settings, precision: str) -> tuple[str, str]:
         return ONNXRUNTIME, "auto: a GPU provider can start"
     if problem := openvino_problem():
         return ONNXRUNTIME, f"auto: CPU host, OpenVINO not usable ({problem})"
+    if settings.cpu_precision == "bf16" or (settings.cpu_precision == AUTO and _bf16_usable()):
+        return OPENVINO, (
+            f"auto: CPU host, RDAD_CPU_PRECISION={settings.cpu_precision} (bf16 runs on OpenVINO)"
+        )
     if precision == "int8":
         return OPENVINO, "auto: CPU host, int8 graph (OpenVINO's int8 kernels)"
     return ONNXRUNTIME, f"auto: CPU host, {precision} graph"
@@ -212,4 +234,9 @@ def _load(name: str, source: ModelSource, settings: Settings) -> InferenceEngine
              runtime, why)  # fmt: skip
     if runtime == OPENVINO:
         return OpenVinoEngine.load(name, source, meta, settings)
+    if settings.cpu_precision == "bf16" and not _gpu_can_start(settings):
+        raise ModelLoadError(
+            f"model '{name}': RDAD_CPU_PRECISION=bf16 refused on ONNX Runtime: {ORT_NO_BF16}; "
+            "use RDAD_RUNTIME=openvino or auto"
+        )
     return OnnxRuntimeEngine.load(name, source, meta, _ort_settings(settings))

@@ -33,7 +33,7 @@ from .device import (
     profiling_options,
     resolve_providers,
 )
-from .engine import BatchOutput, ModelSource, check_loaded_graph, warmup_batch
+from .engine import ORT_NO_BF16, BatchOutput, ModelSource, check_loaded_graph, warmup_batch
 from .errors import ModelLoadError
 from .iobinding import BoundBuffers
 from .provider_options import batch_buckets, provider_options
@@ -51,6 +51,19 @@ def _check_graph(name: str, session: ort.InferenceSession, meta: ModelMetadata) 
         input_dims=spec.shape if spec is not None else [],
         outputs=[o.name for o in session.get_outputs()],
     )
+
+
+def _precision_reason(requested: str, on_gpu: bool) -> str:
+    """Why ONNX Runtime runs the graph's own precision (a bf16 request never gets here on a CPU:
+    :func:`service.engine.load_engine` refuses it)."""
+    if on_gpu:
+        return "the graph's precision on the GPU (RDAD_CPU_PRECISION applies to CPUs)"
+    if requested == "auto":
+        from rdad.openvino_runtime import bf16_problem
+
+        why = bf16_problem() or f"ONNX Runtime: {ORT_NO_BF16}"
+        return f"auto: the graph's precision, {why}"
+    return "fp32 (bf16 only on request)"
 
 
 @dataclass
@@ -87,6 +100,8 @@ class OnnxRuntimeEngine:
         self._device_id = settings.device_id
         self.provider = session.get_providers()[0]
         self.on_gpu = self.provider in GPU_PROVIDERS
+        self.compute_precision = metadata.precision
+        self.precision_reason = _precision_reason(settings.cpu_precision, self.on_gpu)
         self.placement: dict[str, int] = dict(placement or {})
         """Nodes per provider in a real run (from ORT's profile): what actually ran where."""
         self.buckets = batch_buckets(settings, self.on_gpu)
@@ -209,7 +224,7 @@ class OnnxRuntimeEngine:
         engine = cls(name, session, meta, settings, source, placement, bucket_sessions)
         log.info(
             "model %s: %s %dpx %s on %s (nodes %s; buckets %s in %d session(s); %d in flight; "
-            "io binding %s)",
+            "io binding %s; %s)",
             name,
             meta.backbone,
             meta.image_size,
@@ -220,6 +235,7 @@ class OnnxRuntimeEngine:
             engine.sessions,
             engine.inflight,
             engine.io_binding_device or "off",
+            engine.precision_reason,
         )
         return engine
 

@@ -5,8 +5,9 @@ OpenVINO's ONNX frontend and compiled for the CPU plugin, which runs the QDQ con
 int8 kernels (VNNI where the CPU has it) and fuses more than ONNX Runtime's CPU provider does.
 
 Compilation settings are shared with ``rdad eval`` and ``rdad bench`` (:mod:`rdad.openvino_runtime`:
-f32 inference precision, one stream); threads come from ``RDAD_INTRA_OP_THREADS``, the same knob
-as ONNX Runtime's intra-op threads.
+one stream; f32 inference precision unless ``RDAD_CPU_PRECISION`` asks for bf16, which is checked
+against fp32 at load); threads come from ``RDAD_INTRA_OP_THREADS``, the same knob as ONNX
+Runtime's intra-op threads.
 
 Outputs are copied out of the infer request's buffers, which the next run overwrites while the
 batcher may still be handing out the previous batch's maps.
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rdad.metadata import ModelMetadata
-from rdad.openvino_runtime import compile_cpu
+from rdad.openvino_runtime import CompiledAt, CpuPrecisionError, compile_at
 
 from .engine import BatchOutput, ModelSource, check_loaded_graph
 from .errors import ModelLoadError
@@ -47,9 +48,12 @@ class OpenVinoEngine:
     inflight = 1  # one infer request; the batcher runs one batch at a time on it
 
     def __init__(
-        self, name: str, compiled: Any, metadata: ModelMetadata, source: ModelSource
+        self, name: str, built: CompiledAt, metadata: ModelMetadata, source: ModelSource
     ) -> None:
+        compiled = built.compiled
         self.name = name
+        self.compute_precision = built.precision
+        self.precision_reason = built.reason
         self.identity = source.identity
         self.placement: dict[str, int] = {PROVIDER: len(compiled.get_runtime_model().get_ops())}
         self.metadata = metadata
@@ -69,18 +73,28 @@ class OpenVinoEngine:
         if problem := openvino_problem():
             raise ModelLoadError(f"model '{name}': OpenVINO requested but {problem}")
         try:
-            compiled = compile_cpu(source.path, settings.intra_op_threads)
+            built = compile_at(
+                source.path,
+                settings.cpu_precision,
+                meta.precision,
+                meta.image_size,
+                settings.intra_op_threads,
+            )
+        except CpuPrecisionError as exc:
+            raise ModelLoadError(f"model '{name}': RDAD_CPU_PRECISION={exc}") from exc
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ModelLoadError(f"model '{name}' cannot be loaded by OpenVINO: {exc}") from exc
-        _check_graph(name, compiled, meta)
+        _check_graph(name, built.compiled, meta)
         log.info(
-            "model %s: %s, %dpx, %s, OpenVINO CPU",
+            "model %s: %s, %dpx, %s graph, OpenVINO CPU, runs %s: %s",
             name,
             meta.backbone,
             meta.image_size,
             meta.precision,
+            built.precision,
+            built.reason,
         )
-        return cls(name, compiled, meta, source)
+        return cls(name, built, meta, source)
 
     def run(self, images: np.ndarray) -> BatchOutput:
         """Score uint8 RGB ``images`` ``(B, H, W, 3)`` → maps ``(B, H, W)`` and scores ``(B,)``."""

@@ -112,8 +112,10 @@ class Metrics:
         self.model_info = Gauge(
             "rdad_model_info",
             "Model versions and files (value 1) by state: loading, warming, ready, failed, "
-            "draining; version, provider, size and backbone are empty until a file has loaded.",
-            ["model", "version", "provider", "image_size", "backbone", "state"], registry=reg,
+            "draining; version, provider, size, backbone and precision (what runs: fp32, bf16, "
+            "int8, int8+bf16, fp16) are empty until a file has loaded.",
+            ["model", "version", "provider", "image_size", "backbone", "precision", "state"],
+            registry=reg,
             multiprocess_mode="liveall",  # one series per worker (label pid): which has what
         )  # fmt: skip
         self.model_ready = Gauge(

@@ -7,8 +7,9 @@ from .model_version import ModelState, PendingModel, ServedModel
 
 
 class ModelStateGauges:
-    """``rdad_model_info{model, version, provider, image_size, backbone, state} = 1`` for every
-    version and file the repository knows; ``rdad_model_ready`` per serving name."""
+    """``rdad_model_info{model, version, provider, image_size, backbone, precision, state} = 1``
+    for every version and file the repository knows (``precision``: what runs, e.g. bf16);
+    ``rdad_model_ready`` per serving name."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -21,13 +22,13 @@ class ModelStateGauges:
             meta = entry.engine.metadata
             labels: tuple[str, ...] = (
                 entry.name, meta.model_version, entry.engine.provider, str(meta.image_size),
-                meta.backbone, str(entry.state),
+                meta.backbone, entry.engine.compute_precision, str(entry.state),
             )  # fmt: skip
             if serving is entry:
                 ready = 1 if entry.state is ModelState.READY else 0
                 metrics.model_ready.labels(entry.name).set(ready)
         else:
-            labels = (entry.name, "", "", "", "", str(entry.state))
+            labels = (entry.name, "", "", "", "", "", str(entry.state))
             if serving is None:
                 metrics.model_ready.labels(entry.name).set(0)
         self.unpublish(entry)

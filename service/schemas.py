@@ -143,7 +143,16 @@ class ModelInfo(BaseModel):
     )
     image_size: int | None
     backbone: str | None
-    precision: str | None
+    precision: str | None = Field(description="the graph's precision (fp32, fp16 or int8)")
+    compute_precision: str | None = Field(
+        default=None,
+        description="what the runtime actually runs: fp32, fp16, int8, bf16 or int8+bf16 "
+        "(RDAD_CPU_PRECISION)",
+    )
+    precision_reason: str | None = Field(
+        default=None,
+        description="why: requested, or auto's choice, with the bf16-vs-fp32 parity figures",
+    )
     teacher_weights: str | None
     image_threshold: float | None
     pixel_threshold: float | None

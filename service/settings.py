@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     """Inference runtime: ``auto`` = ONNX Runtime on a usable GPU; on a CPU host OpenVINO for int8
     graphs and ONNX Runtime for fp32/fp16 (the rule and its reason: ``service/engine.py``)."""
+    cpu_precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """What the CPU runs the non-int8 layers at: ``fp32`` (default: nothing changes silently),
+    ``bf16`` (CPUs with AVX512-BF16 or AMX, on OpenVINO, after a parity check against fp32 at
+    load; refused with the reason elsewhere) or ``auto`` (bf16 where the CPU has it and parity
+    passes, else fp32). The precision used is in ``/models`` and ``rdad_model_info``."""
     cpu_workers: int = Field(default=0, ge=0)
     """Threads decoding uploads and encoding PNGs (0 = number of CPUs)."""
     decode_processes: int = Field(default=0, ge=0)

@@ -1,7 +1,10 @@
 """``rdad bench MODEL…``: every runtime available here, side by side, on the same inputs.
 
 Checkpoints (``.pt``) run in torch eager; ``.onnx`` files (fp32, fp16 or int8, read from their
-metadata) run in every ONNX runtime this machine has. See :mod:`rdad.benchmark` for the method.
+metadata) run in every ONNX runtime this machine has, on CPUs at every ``--cpu-precisions`` entry
+(fp32, bf16): rows fp32 / bf16 / int8 / int8+bf16 per runtime, a precision a runtime or CPU cannot
+run listed with the reason. The header names the CPU and its bf16/int8 units (AMX, AVX512-BF16,
+VNNI). See :mod:`rdad.benchmark` for the method.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ EXAMPLES = """\
       torch eager vs ONNX Runtime vs OpenVINO, fp32 and int8, batch 1/8/32
   rdad bench models/bottle.onnx --batch-sizes 1,4 --repeats 5 --json bench.json
   rdad bench models/bottle.onnx --runtimes onnxruntime-cpu,openvino-cpu --threads 2
+  rdad bench models/bottle.onnx models/bottle_int8.onnx --batch-sizes 8 --cpu-precisions fp32,bf16
+      fp32 / bf16 / int8 / int8+bf16 on ONNX Runtime and OpenVINO, side by side
 """
 
 
@@ -51,17 +56,45 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--threads", type=int_at_least(0), default=0, help="runtime threads (0 = its default)"
     )
     p.add_argument("--runtimes", help="comma-separated subset of the runtimes (default: all)")
+    p.add_argument(
+        "--cpu-precisions",
+        default="fp32,bf16",
+        metavar="P,P",
+        help="CPU runtimes: precisions of the layers not in int8, fp32 and/or bf16 (OpenVINO on "
+        "CPUs with AVX512-BF16/AMX; speed only, no parity check here)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     p.set_defaults(func=run)
 
 
+def _cpu_precision_problem(runtime: str, cpu_precision: str, graph_precision: str) -> str | None:
+    """Why ``runtime`` cannot run ``cpu_precision`` here (``None``: it can)."""
+    from rdad.benchmark import OPENVINO, ORT_CPU
+
+    if cpu_precision == "fp32":
+        return None
+    if runtime == ORT_CPU:
+        from rdad.service.engine import ORT_NO_BF16
+
+        return f"bf16: ONNX Runtime: {ORT_NO_BF16}"
+    if graph_precision == "fp16":
+        return "bf16: an fp16 graph is for GPUs"
+    from rdad.openvino_runtime import bf16_problem
+
+    return f"bf16: {problem}" if runtime == OPENVINO and (problem := bf16_problem()) else None
+
+
 def _subjects(args: argparse.Namespace) -> tuple[list[Any], list[dict[str, str]]]:
-    from rdad.benchmark import ONNX_RUNTIMES, TORCH, Subject, unavailable_reason
+    from rdad.benchmark import CPU_RUNTIMES, ONNX_RUNTIMES, TORCH, Subject, unavailable_reason
     from rdad.metadata import read_onnx_metadata
+    from rdad.openvino_runtime import effective_precision
     from rdad.torch_files import torch_file_problem
 
     wanted = set(args.runtimes.split(",")) if args.runtimes else None
+    cpu_precisions = args.cpu_precisions.split(",")
+    if bad := sorted(set(cpu_precisions) - {"fp32", "bf16"}):
+        raise ValueError(f"--cpu-precisions: {', '.join(bad)} is not fp32 or bf16")
     subjects, unavailable = [], []
     for path in args.models:
         if not path.is_file():
@@ -79,8 +112,14 @@ def _subjects(args: argparse.Namespace) -> tuple[list[Any], list[dict[str, str]]
             reason = unavailable_reason(runtime)
             if reason:
                 unavailable.append({"model": str(path), "runtime": runtime, "reason": reason})
-            else:
-                subjects.append(Subject(path, runtime, precision, size))
+                continue
+            for cpu in cpu_precisions if runtime in CPU_RUNTIMES else ["fp32"]:
+                if problem := _cpu_precision_problem(runtime, cpu, precision):
+                    entry = {"model": str(path), "runtime": runtime, "reason": problem}
+                    unavailable.append(entry)
+                    continue
+                runs = effective_precision(precision, cpu)
+                subjects.append(Subject(path, runtime, runs, size, cpu))
     return subjects, unavailable
 
 
@@ -136,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     with expected_errors(MetadataError, FileNotFoundError, ValueError):
         subjects, unavailable = _subjects(args)
     print(sysinfo.headline())
+    print(sysinfo.fast_path_line())
     for u in unavailable:
         print(f"unavailable: {u['runtime']} for {Path(u['model']).name}: {u['reason']}")
     if not subjects:
@@ -156,7 +196,13 @@ def run(args: argparse.Namespace) -> int:
             "latency_runs": args.latency_runs,
             **figures,
             "results": [
-                {"model": str(s.model), "runtime": s.runtime, "precision": s.precision, **s.results}
+                {
+                    "model": str(s.model),
+                    "runtime": s.runtime,
+                    "precision": s.precision,
+                    "cpu_precision": s.cpu_precision,
+                    **s.results,
+                }
                 for s in subjects
             ],
             "unavailable": unavailable,

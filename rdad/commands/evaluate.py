@@ -19,6 +19,9 @@ EXAMPLES = """\
       scores a checkpoint through torch
   rdad eval --model models/bottle_int8.onnx --data datasets/mvtec/bottle --runtime openvino
       scores the int8 graph through OpenVINO (what `rdad serve --runtime openvino` runs)
+  rdad eval --model models/bottle.onnx --data datasets/mvtec/bottle --runtime openvino \\
+      --cpu-precision bf16
+      scores the fp32 graph run in bf16 (what RDAD_CPU_PRECISION=bf16 serves)
 """
 
 
@@ -66,6 +69,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help=".onnx files: the runtime to score with (fp32 or int8), as the service runs it",
     )
     p.add_argument(
+        "--cpu-precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="--runtime openvino: the precision of the layers not in int8, as RDAD_CPU_PRECISION "
+        "for rdad serve (bf16: CPUs with AVX512-BF16/AMX, checked against fp32 first; auto: bf16 "
+        "where it passes, else fp32); the one used is in the report's model line",
+    )
+    p.add_argument(
         "--report",
         type=Path,
         metavar="DIR",
@@ -96,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             pixel_size=args.pixel_size,
             runtime=args.runtime,
+            cpu_precision=args.cpu_precision,
             collect=collected.append if args.report else None,
         )
     print(markdown_report(report))

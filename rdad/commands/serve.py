@@ -56,6 +56,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--device", "device", str, "auto (GPU if usable), cuda (GPU or refuse to start), cpu"),
     ("--providers", "providers", str, "execution providers in order (default tensorrt,cuda,cpu)"),
     ("--runtime", "runtime", str, "auto (default), onnxruntime or openvino (CPU)"),
+    ("--cpu-precision", "cpu_precision", str, "fp32 (default), bf16 or auto (OpenVINO, checked)"),
     ("--tensorrt", "tensorrt", bool, "allow TensorRT (slow first start: engine build)"),
     ("--device-id", "device_id", int, "GPU index (default 0)"),
     ("--io-binding", "io_binding", bool, "GPU: IO binding with reused buffers (default off)"),

@@ -48,6 +48,8 @@ def model_info(model: ServedModel, default: str | None) -> ModelInfo:
         image_size=meta.image_size,
         backbone=meta.backbone,
         precision=meta.precision,
+        compute_precision=model.engine.compute_precision,
+        precision_reason=model.engine.precision_reason,
         teacher_weights=_strip_paths(meta.teacher_weights),
         image_threshold=calibration.image_threshold,
         pixel_threshold=calibration.pixel_threshold,
