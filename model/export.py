@@ -214,6 +214,11 @@ def export_onnx(
             warnings.filterwarnings(
                 "ignore", "You are using the legacy TorchScript", DeprecationWarning
             )
+            # The anomaly map reads its feature maps' sizes as Python ints: they are fixed by the
+            # input size, which the graph fixes too (its matrices become constants).
+            warnings.filterwarnings(
+                "ignore", "Converting a tensor to a Python integer", torch.jit.TracerWarning
+            )
             torch.onnx.export(
                 graph,
                 (example,),

@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from rdad.model.anomaly_map import AnomalyMap, GaussianBlur, gaussian_kernel_1d
+from rdad.model.anomaly_map import (
+    AnomalyMap,
+    blur_matrix,
+    gaussian_kernel_1d,
+    interpolation_matrix,
+)
 from rdad.model.backbones import BACKBONES, Teacher, TeacherWeightsError
 from rdad.model.loss import distillation_loss
 from rdad.model.network import Features, InferenceOutput, ReverseDistillation
@@ -135,17 +141,45 @@ def test_loss_is_zero_for_identical_features_and_positive_otherwise() -> None:
 def test_blur_kernel_sums_to_one_and_constant_map_stays_constant() -> None:
     kernel = gaussian_kernel_1d(4.0)
     assert kernel.numel() == 33 and kernel.sum().item() == pytest.approx(1.0, abs=1e-6)
-    blur = GaussianBlur(4.0)
-    constant = torch.full((1, 1, 40, 40), 2.5)
-    torch.testing.assert_close(blur(constant), constant)
-    assert "kernel_h" in dict(blur.named_buffers())
+    blur = blur_matrix(40, 4.0)
+    constant = torch.full((40, 40), 2.5, dtype=torch.float64)
+    torch.testing.assert_close(blur @ constant @ blur.T, constant)
+    with pytest.raises(ValueError, match="too small"):
+        blur_matrix(16, 4.0)
 
 
-def test_blur_matches_scipy_gaussian_filter() -> None:
+def test_blur_matrix_matches_scipy_gaussian_filter() -> None:
     rng = np.random.default_rng(0)
-    raw = rng.random((48, 48)).astype(np.float32)
-    ours = GaussianBlur(4.0)(torch.from_numpy(raw)[None, None])[0, 0].numpy()
-    np.testing.assert_allclose(ours, gaussian_filter(raw, sigma=4, mode="reflect"), atol=1e-5)
+    raw = rng.random((48, 48))
+    blur = blur_matrix(48, 4.0).numpy()
+    np.testing.assert_allclose(blur @ raw @ blur.T, gaussian_filter(raw, sigma=4, mode="reflect"))
+
+
+@pytest.mark.parametrize(("n", "size"), [(7, 30), (16, 64), (1, 12), (64, 64)])
+def test_interpolation_matrix_matches_torch_bilinear(n: int, size: int) -> None:
+    x = torch.rand(1, 1, n, n, dtype=torch.float64)
+    matrix = interpolation_matrix(n, size)
+    expected = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(matrix @ x[0, 0] @ matrix.T, expected[0, 0])
+
+
+@pytest.mark.parametrize("mode", ["sum", "product"])
+def test_anomaly_map_equals_resize_then_scipy_blur(mode: str) -> None:
+    """The matrix form is the paper's computation: upsample each scale (bilinear), combine, blur
+    with scipy's gaussian_filter (σ=4, reflect), max."""
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, c, s, s) for c, s in ((8, 16), (16, 8), (32, 4))]
+    student = [t + torch.randn_like(t) for t in teacher]
+    anomaly_map, score = AnomalyMap(image_size=SIZE, mode=mode)(teacher, student)
+    raw: torch.Tensor | None = None
+    for t, s in zip(teacher, student, strict=True):
+        d = 1.0 - F.cosine_similarity(t, s, dim=1).unsqueeze(1)
+        d = F.interpolate(d, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+        raw = d if raw is None else (raw + d if mode == "sum" else raw * d)
+    assert raw is not None
+    expected = np.stack([gaussian_filter(m[0].double().numpy(), 4, mode="reflect") for m in raw])
+    np.testing.assert_allclose(anomaly_map.numpy(), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(score.numpy(), expected.reshape(2, -1).max(1), atol=1e-5)
 
 
 def test_anomaly_map_is_zero_when_student_equals_teacher() -> None:

@@ -89,7 +89,7 @@ def test_fp16_export_keeps_the_anomaly_map_tail_in_fp32(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """Backbone in fp16, but cosine, upsampling, blur and max in fp32: read the node types."""
-    from rdad.model.anomaly_map import gaussian_kernel_1d
+    from rdad.model.anomaly_map import blur_matrix, interpolation_matrix
     from rdad.model.export import tensor_types
 
     path = export_onnx(tiny_checkpoint, tmp_path / "half.onnx", precision="fp16")
@@ -98,7 +98,7 @@ def test_fp16_export_keeps_the_anomaly_map_tail_in_fp32(
     fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     tail = [n for n in proto.graph.node if n.name.startswith("/net/anomaly_map/")]
     ops = {n.op_type for n in tail}
-    assert {"ReduceSum", "Sqrt", "Div", "Resize", "Conv", "ReduceMax"} <= ops
+    assert {"ReduceSum", "Sqrt", "Div", "MatMul", "ReduceMax"} <= ops
     for node in tail:
         float_outputs = [types.get(o) for o in node.output if types.get(o) in (fp16, fp32)]
         assert all(t == fp32 for t in float_outputs), f"{node.name} outputs {float_outputs}"
@@ -108,12 +108,21 @@ def test_fp16_export_keeps_the_anomaly_map_tail_in_fp32(
     # The backbone really is fp16 (its convolutions read fp16 weights).
     teacher_convs = [n for n in proto.graph.node if n.op_type == "Conv" and "teacher" in n.name]
     assert teacher_convs and all(types.get(n.input[1]) == fp16 for n in teacher_convs)
-    # The blur kernel is the exact fp32 Gaussian, not an fp16-rounded copy.
-    blur = next(n for n in tail if n.op_type == "Conv")
+    # The upsample-and-blur matrices are the exact fp32 ones, not fp16-rounded copies.
     weights = {i.name: i for i in proto.graph.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
-    kernel = onnx.numpy_helper.to_array(weights.get(blur.input[1]) or consts[blur.input[1]])
-    np.testing.assert_array_equal(kernel.ravel(), gaussian_kernel_1d(4.0).numpy())
+    matrices = [
+        onnx.numpy_helper.to_array(weights.get(name) or consts[name])
+        for node in tail
+        if node.op_type == "MatMul"
+        for name in node.input
+        if name in weights or name in consts
+    ]
+    size = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    folded = blur_matrix(size, 4.0) @ interpolation_matrix(size // 4, size)
+    assert any(
+        m.shape == folded.shape and np.array_equal(m, folded.float().numpy()) for m in matrices
+    ), [m.shape for m in matrices]
 
 
 def test_map_tail_check_catches_an_fp16_tail() -> None:

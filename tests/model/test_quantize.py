@@ -25,9 +25,9 @@ def test_int8_graph_quantises_convolutions_but_not_the_map_tail(
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 50  # every teacher/student conv gets its pairs
     assert not [n.name for n in qdq if "anomaly_map" in n.name]
-    tail_convs = [n for n in graph.node if n.op_type == "Conv" and "anomaly_map" in n.name]
+    tail_matmuls = [n for n in graph.node if n.op_type == "MatMul" and "anomaly_map" in n.name]
     consumed_dq = {o for n in qdq if n.op_type == "DequantizeLinear" for o in n.output}
-    assert tail_convs and not any(set(n.input) & consumed_dq for n in tail_convs)
+    assert tail_matmuls and not any(set(n.input) & consumed_dq for n in tail_matmuls)
 
 
 def test_int8_metadata_records_precision_calibration_and_parity(
