@@ -1,11 +1,9 @@
-"""``rdad predict`` inputs and outputs: finding images, naming outputs that mirror the inputs,
-writing the CSV, the JSON and the PNGs. No model code here."""
+"""``rdad predict`` inputs: finding images, naming outputs that mirror the inputs, reading files;
+the CSV columns and exit statuses. The result table and its summaries are
+:mod:`rdad.commands.predict_table`. No model code here."""
 
 from __future__ import annotations
 
-import base64
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -98,44 +96,3 @@ def progress_bar(total: int, *, enabled: bool) -> Any:
     except ImportError:
         return None
     return tqdm(total=total, unit="img", leave=False)
-
-
-def _picture_path(key: PurePosixPath, kind: str) -> PurePosixPath:
-    return key.with_name(f"{key.stem}.{kind}.png")
-
-
-def write_outputs(
-    out: Path, results: list[tuple[Input, dict[str, Any]]], failures: list[Failure]
-) -> None:
-    """``out/results.csv``, ``out/results.json`` and ``out/<key>.{heatmap,overlay,mask}.png``."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    for item, result in results:
-        row: dict[str, Any] = {"path": str(item.path), "status": "scored"}
-        for column in CSV_COLUMNS[2:10]:
-            value = result.get(column)
-            row[column] = len(value) if column == "regions" and value is not None else value
-        for kind in PICTURES:
-            data = result.get(f"{kind}_png")
-            if data:
-                relative = _picture_path(item.key, kind)
-                target = out / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(base64.b64decode(data))
-                row[f"{kind}_png"] = relative.as_posix()
-        row["json"] = {k: v for k, v in result.items() if not k.endswith("_png")}
-        rows.append(row)
-    for failure in failures:
-        rows.append({"path": str(failure.path), "status": "not scored", "error": failure.detail})
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    records = []
-    for row in rows:
-        record = {"path": row["path"], "status": row["status"], **row.get("json", {})}
-        record.update({f"{k}_png": row[f"{k}_png"] for k in PICTURES if row.get(f"{k}_png")})
-        if row.get("error"):
-            record["error"] = row["error"]
-        records.append(record)
-    (out / "results.json").write_text(json.dumps(records, indent=2) + "\n")

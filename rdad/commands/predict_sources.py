@@ -22,7 +22,8 @@ class LocalSource:
     """In-process scoring: the service's engine (its runtime choice, on this machine's CPU) and
     its scoring flow (:class:`rdad.service.scoring.Scorer`), with batches run in this thread."""
 
-    def __init__(self, model: Path, batch_size: int) -> None:
+    def __init__(self, model: Path, batch_size: int, threads: int = 0) -> None:
+        """``threads``: the CPU provider's threads (0: its default, one per physical core)."""
         from rdad.service.engine import load_engine
         from rdad.service.errors import ModelLoadError
         from rdad.service.local import DirectInference, InlineWorkers
@@ -31,7 +32,7 @@ class LocalSource:
         from rdad.service.scoring_types import ScoringModel
         from rdad.service.settings import Settings
 
-        settings = Settings(device="cpu")
+        settings = Settings(device="cpu", intra_op_threads=threads)
         try:
             engine = load_engine(model.stem, model, settings)
         except ModelLoadError as exc:
@@ -50,6 +51,19 @@ class LocalSource:
         self._settings = settings
 
     def score(self, chunk: list[Input], *, images: bool, threshold: float | None) -> list[Answer]:
+        return self.score_data(
+            [(item, read_file(item)) for item in chunk], images=images, threshold=threshold
+        )
+
+    def score_data(
+        self,
+        chunk: list[tuple[Input, bytes | Failure]],
+        *,
+        images: bool,
+        threshold: float | None,
+    ) -> list[Answer]:
+        """Score files already read (or failed to read): the local path reads them here, a Ray
+        actor (:mod:`rdad.commands.predict_ray`) where its batch runs."""
         from rdad.service.errors import ServiceError
         from rdad.service.local import score_now
         from rdad.service.render import OutputOptions
@@ -58,8 +72,7 @@ class LocalSource:
         answers: list[Answer | None] = []
         files: list[tuple[str, bytes]] = []
         positions: list[int] = []
-        for item in chunk:
-            data = read_file(item)
+        for item, data in chunk:
             if isinstance(data, Failure):
                 answers.append(data)
                 continue
@@ -80,7 +93,7 @@ class LocalSource:
         for position, result in zip(
             positions, score_now(self.scorer, files, options, threshold=threshold), strict=True
         ):
-            item = chunk[position]
+            item = chunk[position][0]
             if isinstance(result, ServiceError):
                 answers[position] = Failure.of_file(item.path, result.code, result.detail)
             else:

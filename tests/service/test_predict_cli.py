@@ -66,9 +66,10 @@ def test_local_folder_run_writes_mirrored_outputs(
     assert result.returncode == (3 if anomalous else 4)
     # Not a terminal: no progress bar in the captured stderr.
     assert "\r" not in result.stderr and "img/s" not in result.stderr
-    # The same folder again: refused instead of overwriting the first results.
+    # The same folder again: a resume that finds every file already in the result table.
     again = rdad("--model", str(model_dir / "tiny.onnx"), str(root), "--out", str(out))
-    assert again.returncode == 1 and "already holds" in again.stderr
+    assert again.returncode == result.returncode
+    assert f"0 new files, {len(images) + 1} already in the table" in again.stderr
 
 
 def test_exit_status_follows_the_threshold(model_dir: Path, synthetic_dir: Path) -> None:
