@@ -44,6 +44,7 @@ def build_model(cfg: TrainConfig, *, load_teacher: bool = True) -> ReverseDistil
         seed=cfg.seed,
         anomaly_map_mode=cfg.anomaly_map_mode,
         sigma=cfg.sigma,
+        method=cfg.method,
     )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "wide_resnet101_2")
 """The keys of :data:`model.backbones.BACKBONES` (a test keeps the two equal)."""
+METHODS = ("rd", "rd++")
+"""``rd``: Reverse Distillation (the default); ``rd++``: RD++ (:mod:`model.projection`)."""
 RUN_FILES = ("checkpoint.pt", "last.pt", "loss.png", "calibration.png")
 """Every file ``rdad train`` writes into its output folder (a test keeps this list complete):
 what marks a folder as holding a run, and what ``--overwrite`` deletes."""
@@ -44,6 +46,20 @@ class TrainConfig:
     tile_overlap: int = 0
     tile_scale: float = 1.0
     tile_stitch: str = "mean"
+    method: str = "rd"
+    """One of :data:`METHODS`; checkpoints written before RD++ existed have no ``method``: RD."""
+    rdpp_projection_lr: float = 0.001
+    """RD++ only, like every ``rdpp_`` field; defaults are the reference code's. Adam learning
+    rate of the projection layers (OCBE and student keep ``lr``)."""
+    rdpp_projection_weight: float = 0.2
+    """``L = L_distill + rdpp_projection_weight · L_proj``."""
+    rdpp_ssot_weight: float = 1.0
+    rdpp_reconstruct_weight: float = 0.01
+    rdpp_contrast_weight: float = 0.1
+    """``L_proj`` = the three terms weighted by these, divided by their sum."""
+    rdpp_sinkhorn_blur: float = 0.05
+    rdpp_noise_strength: float = 0.2
+    """Amplitude of the pseudo-anomaly simplex noise on the 0–1 intensity scale."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:

@@ -163,6 +163,7 @@ def build_metadata(
             "seed": cfg.seed,
             "anomaly_map_mode": cfg.anomaly_map_mode,
             "sigma": cfg.sigma,
+            "method": cfg.method,
         },
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         tiling=config_tiling(cfg),
@@ -202,8 +203,9 @@ def export_onnx(
         # differences of large numbers, which fp16 would round away. The tail module is never
         # converted, so its blur kernel stays the exact fp32 Gaussian (a half → float round trip
         # would keep fp16-rounded values).
-        for part in (net.preprocess, net.teacher, net.bottleneck, net.student):
-            part.half()
+        for part in (net.preprocess, net.teacher, net.projection, net.bottleneck, net.student):
+            if part is not None:  # projection: RD++ only
+                part.half()
     graph = _GraphModule(net).eval()
     example = torch.from_numpy(images[:2])
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,6 +216,9 @@ def export_onnx(
             warnings.filterwarnings(
                 "ignore", "You are using the legacy TorchScript", DeprecationWarning
             )
+            # RD++'s InstanceNorm has no running statistics: it normalises per image in eval
+            # mode too, which is what the exported "train=True" node does.
+            warnings.filterwarnings("ignore", ".*operator 'instance_norm' is set to train=True")
             # The anomaly map reads its feature maps' sizes as Python ints: they are fixed by the
             # input size, which the graph fixes too (its matrices become constants).
             warnings.filterwarnings(
@@ -234,7 +239,8 @@ def export_onnx(
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, meta.to_json()
-        proto.doc_string = f"rdad {meta.backbone} {meta.image_size}px Reverse Distillation"
+        method = "RD++" if meta.training["method"] == "rd++" else "Reverse Distillation"
+        proto.doc_string = f"rdad {meta.backbone} {meta.image_size}px {method}"
         proto.producer_name, proto.producer_version = "rdad", __version__
         onnx.checker.check_model(proto)
         if precision == "fp16" and (problems := map_tail_problems(proto)):

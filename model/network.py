@@ -15,7 +15,9 @@ from torch import nn
 from .anomaly_map import AnomalyMap
 from .backbones import Teacher, get_spec
 from .bottleneck import OCBE
+from .config import METHODS
 from .decoder import StudentDecoder
+from .projection import Projection
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +29,19 @@ class Features(NamedTuple):
 
     teacher: list[torch.Tensor]
     student: list[torch.Tensor]
+
+
+class RDPPFeatures(NamedTuple):
+    """RD++ training output: :class:`Features` plus what the projection losses need, each a
+    list of the same three shapes (:mod:`model.rdpp_loss`)."""
+
+    teacher: list[torch.Tensor]
+    student: list[torch.Tensor]
+    projected: list[torch.Tensor]
+    """Projection of ``teacher`` (the OCBE's input)."""
+    teacher_noisy: list[torch.Tensor]
+    """Teacher features of the pseudo-anomalous images."""
+    projected_noisy: list[torch.Tensor]
 
 
 class InferenceOutput(NamedTuple):
@@ -57,8 +72,10 @@ class Preprocess(nn.Module):
 class ReverseDistillation(nn.Module):
     """Features in training mode, :class:`InferenceOutput` in eval mode.
 
-    Only the OCBE and the student decoder are trainable; the teacher is frozen and stays in eval
-    mode (see :class:`rdad.model.backbones.Teacher`).
+    Only the OCBE and the student decoder are trainable (and, with ``method="rd++"``, the
+    projection layers between teacher and OCBE); the teacher is frozen and stays in eval mode
+    (see :class:`rdad.model.backbones.Teacher`). The anomaly map compares teacher and student
+    features with either method.
     """
 
     def __init__(
@@ -70,6 +87,7 @@ class ReverseDistillation(nn.Module):
         seed: int = 0,
         anomaly_map_mode: str = "sum",
         sigma: float = 4.0,
+        method: str = "rd",
     ) -> None:
         super().__init__()
         if image_size < 32 or image_size % 32:
@@ -80,20 +98,41 @@ class ReverseDistillation(nn.Module):
         self.teacher = Teacher(backbone=backbone, weights=teacher_weights, seed=seed)
         self.bottleneck = OCBE(spec)
         self.student = StudentDecoder(spec)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        # Built after the student so that a seed gives RD++ the same OCBE/student start as RD.
+        self.projection = Projection(spec) if method == "rd++" else None
         self.anomaly_map = AnomalyMap(image_size=image_size, mode=anomaly_map_mode, sigma=sigma)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [*self.bottleneck.parameters(), *self.student.parameters()]
+        """OCBE and student (and projection, RD++) parameters, in that order."""
+        projection = [] if self.projection is None else [*self.projection.parameters()]
+        return [*self.bottleneck.parameters(), *self.student.parameters(), *projection]
+
+    def _teacher(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return self.teacher(self.preprocess(images))
 
     def features(self, images: torch.Tensor) -> Features:
-        x = self.preprocess(images)
-        with torch.no_grad():
-            teacher = self.teacher(x)
-        student = self.student(self.bottleneck(teacher))
+        teacher = self._teacher(images)
+        code = teacher if self.projection is None else self.projection(teacher)
+        student = self.student(self.bottleneck(code))
         return Features(teacher, student)
 
-    def forward(self, images: torch.Tensor) -> Features | InferenceOutput:
-        """``images``: uint8 ``(B, H, W, 3)`` RGB at ``image_size``."""
+    def forward(
+        self, images: torch.Tensor, noisy: torch.Tensor | None = None
+    ) -> Features | RDPPFeatures | InferenceOutput:
+        """``images``: uint8 ``(B, H, W, 3)`` RGB at ``image_size``; ``noisy`` (RD++ training
+        only): the same images with pseudo-anomalies, same shape."""
+        if self.training and self.projection is not None:
+            if noisy is None:
+                raise ValueError("RD++ training needs the pseudo-anomalous images (noisy=...)")
+            teacher = self._teacher(images)
+            projected = self.projection(teacher)
+            student = self.student(self.bottleneck(projected))
+            teacher_noisy = self._teacher(noisy)
+            projected_noisy = self.projection(teacher_noisy)
+            return RDPPFeatures(teacher, student, projected, teacher_noisy, projected_noisy)
         teacher, student = self.features(images)
         if self.training:
             return Features(teacher, student)

@@ -32,7 +32,10 @@ from .checkpoint import (
 )
 from .data import DatasetError, good_training_images, split_holdout
 from .loss import distillation_loss
+from .network import ReverseDistillation
 from .plots import write_training_plots
+from .pseudo_anomaly import PseudoAnomalies
+from .rdpp_loss import RDPPLoss
 from .rng import rng_state, seed_everything, set_rng_state
 from .tiles import load_training_images, stitch_for_calibration
 
@@ -47,6 +50,22 @@ def describe_teacher_weights(source: str) -> str:
         return source
     digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
     return f"file:{Path(source).name}:sha256={digest}"
+
+
+def parameter_groups(
+    model: ReverseDistillation, cfg: TrainConfig
+) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """What Adam trains: RD's parameter list, or for RD++ two groups — OCBE and student at
+    ``lr``, the projection layers at ``rdpp_projection_lr`` (the reference code's two Adams with
+    the same betas, as one optimiser)."""
+    if model.projection is None:
+        return model.trainable_parameters()
+    distill = [*model.bottleneck.parameters(), *model.student.parameters()]
+    groups: list[dict[str, Any]] = [
+        {"params": distill},
+        {"params": [*model.projection.parameters()], "lr": cfg.rdpp_projection_lr},
+    ]
+    return groups
 
 
 def train(
@@ -110,7 +129,14 @@ def _train(
 
     # --- model and optimiser -------------------------------------------------------------------
     model = build_model(cfg, load_teacher=resumed is None).to(device)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, betas=cfg.betas)
+    optimizer = torch.optim.Adam(parameter_groups(model, cfg), lr=cfg.lr, betas=cfg.betas)
+    # RD++ (--method rd++): the projection losses and the pseudo-anomalies they need.
+    rdpp_loss = RDPPLoss(cfg) if cfg.method == "rd++" else None
+    pseudo = (
+        PseudoAnomalies(image_size=cfg.image_size, seed=cfg.seed, strength=cfg.rdpp_noise_strength)
+        if rdpp_loss is not None
+        else None
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, history = 0, []
     teacher_source = describe_teacher_weights(cfg.teacher_weights)
@@ -168,8 +194,12 @@ def _train(
         for idx in bar:
             batch = images[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                teacher, student = net(batch)
-                loss = distillation_loss(teacher, student)
+                if rdpp_loss is None or pseudo is None:
+                    teacher, student = net(batch)
+                    loss = distillation_loss(teacher, student)
+                else:
+                    noisy = pseudo(images[idx], idx, epoch).to(device, non_blocking=True)
+                    loss = rdpp_loss(*net(batch, noisy)).total
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

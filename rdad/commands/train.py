@@ -35,8 +35,19 @@ EXAMPLES = """\
 """
 
 
+RDPP_OPTIONS = (
+    ("--rdpp-projection-lr", "rdpp_projection_lr", "Adam learning rate of the projection layers"),
+    ("--rdpp-projection-weight", "rdpp_projection_weight", "weight of the projection loss"),
+    ("--rdpp-ssot-weight", "rdpp_ssot_weight", "optimal-transport term, within it"),
+    ("--rdpp-reconstruct-weight", "rdpp_reconstruct_weight", "reconstruction term"),
+    ("--rdpp-contrast-weight", "rdpp_contrast_weight", "contrast term"),
+    ("--rdpp-noise-strength", "rdpp_noise_strength", "pseudo-anomaly noise, 0–1 intensity scale"),
+)
+"""``rdad train`` options for :class:`rdad.model.config.TrainConfig`'s ``rdpp_`` fields."""
+
+
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    from rdad.model.config import BACKBONE_NAMES, TrainConfig
+    from rdad.model.config import BACKBONE_NAMES, METHODS, TrainConfig
 
     d = TrainConfig()
     p = add_command(
@@ -56,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--backbone", choices=BACKBONE_NAMES, default=d.backbone, help="teacher network")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=d.method,
+        help="rd: Reverse Distillation (default); rd++: RD++ (Tien et al., CVPR 2023), "
+        "EXPERIMENTAL: projection layers between teacher and OCBE trained with pseudo-anomalies; "
+        "exported and served like rd (see docs/training.md for its measured quality)",
+    )
     p.add_argument(
         "--image-size",
         type=multiple_of(32),
@@ -92,6 +111,11 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         default=d.tile_stitch,
         help="value where tiles overlap: mean (default) or max of the tiles' maps",
     )
+    rdpp = p.add_argument_group("RD++ (--method rd++; defaults are the reference code's)")
+    for flag, field, text in RDPP_OPTIONS:
+        rdpp.add_argument(
+            flag, type=number_in(0.0), default=getattr(d, field), metavar="F", help=text
+        )
     p.add_argument(
         "--epochs",
         type=int_at_least(0),
@@ -246,6 +270,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         tile_overlap=args.tile_overlap,
         tile_scale=args.tile_scale,
         tile_stitch=args.tile_stitch,
+        method=args.method,
+        **{field: getattr(args, field) for _, field, _ in RDPP_OPTIONS},
     )
     with expected_errors(DatasetError, TeacherWeightsError, FileNotFoundError, ValueError):
         train(
