@@ -33,6 +33,7 @@ from rdad.commands.predict_io import (
 from rdad.commands.predict_manifest import expand
 from rdad.commands.predict_offline import add_offline_options, exit_status, run_table
 from rdad.commands.predict_table import Key, ModelInfo, PartWriter, parts, rows_of
+from rdad.commands.predict_uri import Location
 from rdad.errors import CommandError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -82,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         type=Path,
         metavar="PATH",
         help="image files, folders, or manifests (.txt/.lst: a path a line; .csv/.parquet: a "
-        "path column)",
+        "path column); a manifest entry may be a URI (s3://, gs://, file://), read through "
+        "pyarrow filesystems",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -163,7 +165,7 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"--out {args.out} holds results.csv but no result table to resume")
 
 
-def _print_line(result: dict[str, Any], path: Path) -> None:
+def _print_line(result: dict[str, Any], path: Location) -> None:
     verdict = "ANOMALOUS" if result["is_anomalous"] else "normal"
     print(
         f"{verdict:9}  score {result['score']:.4f}  normalized {result['normalized_score']:.3f}"

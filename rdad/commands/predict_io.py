@@ -5,8 +5,10 @@ the CSV columns and exit statuses. The result table and its summaries are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
+
+from rdad.commands.predict_uri import Location, Uri, read
 
 EXIT_NORMAL = 0
 EXIT_ANOMALY = 3
@@ -31,7 +33,9 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class Input:
-    path: Path
+    path: Location
+    """Where its bytes come from: a local path, or a URI (:class:`~rdad.commands.predict_uri.Uri`)
+    from a manifest."""
     key: PurePosixPath
     """Where its outputs go under ``--out``: the input's own relative path (``folder/sub/x.png``
     for an image found in ``folder``), unique within one run."""
@@ -39,34 +43,37 @@ class Input:
 
 @dataclass(frozen=True)
 class Failure:
-    path: Path
+    path: Location
     error: str
     detail: str
 
     @classmethod
-    def of_file(cls, path: Path, error: str, detail: str) -> Failure:
+    def of_file(cls, path: Location, error: str, detail: str) -> Failure:
         """A file's failure as the scorer reported it. Its detail starts with the file's name
         (the service names the file among several); the path is shown beside the detail
         anyway, so that prefix is dropped rather than printed twice."""
         return cls(path, error, detail.removeprefix(f"{path.name}: "))
 
 
-def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[Failure]]:
-    """Files as given, folders searched recursively for images (sorted). Unreadable entries of a
-    folder become failures, not errors."""
-    found: list[tuple[Path, PurePosixPath]] = []
+def collect_inputs(paths: list[Location]) -> tuple[list[Input], list[Failure]]:
+    """Files as given, folders searched recursively for images (sorted), URIs as given (their
+    outputs under ``<scheme>/<bucket>/<key path>``). Unreadable entries of a folder become
+    failures, not errors."""
+    found: list[tuple[Location, PurePosixPath]] = []
     failures: list[Failure] = []
     for given in paths:
-        if given.is_dir():
+        if isinstance(given, Uri):
+            found.append((given, given.mirror()))
+        elif given.is_dir():
             base = PurePosixPath(given.resolve().name or "root")
             try:
                 files = sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             except OSError as exc:
                 failures.append(Failure(given, "unreadable", str(exc)))
                 continue
-            for path in files:
-                if path.is_file():
-                    found.append((path, base / PurePosixPath(path.relative_to(given).as_posix())))
+            for file in files:
+                if file.is_file():
+                    found.append((file, base / PurePosixPath(file.relative_to(given).as_posix())))
         else:
             found.append((given, PurePosixPath(given.name)))
     inputs, taken = [], set()
@@ -81,8 +88,13 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Input], list[Failure]]:
 
 
 def read_file(item: Input) -> bytes | Failure:
+    """The input's bytes, from a local file or through its URI's pyarrow filesystem."""
     try:
+        if isinstance(item.path, Uri):
+            return read(item.path)
         return item.path.read_bytes()
+    except FileNotFoundError:
+        return Failure(item.path, "missing", "no such file")
     except OSError as exc:
         return Failure(item.path, "unreadable", exc.strerror or str(exc))
 

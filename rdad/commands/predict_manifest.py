@@ -2,7 +2,10 @@
 
 ``.txt`` / ``.lst``: one path a line (blank lines and ``#`` comments skipped); ``.csv``: the
 ``path`` column (or the first); ``.parquet``: the ``path`` column. A relative entry is relative to
-the manifest's folder. An entry that does not exist becomes a failure (an error row), not an error.
+the manifest's folder. An entry may also be a URI (``s3://bucket/key.png``, ``gs://...``,
+``file:///abs/path.png``), read through pyarrow filesystems (:mod:`rdad.commands.predict_uri`).
+An entry that does not exist, or a URI that cannot be opened, becomes a failure (an error row),
+not an error.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import csv
 from pathlib import Path
 
 from rdad.commands.predict_io import Failure
+from rdad.commands.predict_uri import Location, Uri, is_uri, stat
 from rdad.errors import CommandError
 
 MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv", ".parquet"})
@@ -37,19 +41,33 @@ def _entries(manifest: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def expand(paths: list[Path]) -> tuple[list[Path], list[Failure]]:
-    """``paths`` with every manifest replaced by its existing entries; missing ones as failures."""
-    expanded: list[Path] = []
+def _check_uri(uri: Uri) -> Failure | None:
+    try:
+        stat(uri)
+    except FileNotFoundError:
+        return Failure(uri, "missing", "no such file")
+    except OSError as exc:
+        return Failure(uri, "unreadable", str(exc))
+    return None
+
+
+def expand(paths: list[Path]) -> tuple[list[Location], list[Failure]]:
+    """``paths`` with every manifest replaced by its existing entries; missing ones (and URIs
+    that cannot be opened) as failures."""
+    expanded: list[Location] = []
     missing: list[Failure] = []
     for given in paths:
         if not (given.is_file() and given.suffix.lower() in MANIFEST_SUFFIXES):
             expanded.append(given)
             continue
         for entry in _entries(given):
-            if "://" in entry:
-                raise CommandError(
-                    f"manifest {given}: {entry}: URIs are not read yet; list local paths"
-                )
+            if is_uri(entry):
+                failure = _check_uri(Uri(entry))
+                if failure is None:
+                    expanded.append(Uri(entry))
+                else:
+                    missing.append(failure)
+                continue
             path = Path(entry) if Path(entry).is_absolute() else given.parent / entry
             if path.exists():
                 expanded.append(path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -22,6 +21,7 @@ from rdad.commands.predict_table import (
     file_sha256,
     key_of,
     latest_rows,
+    location_text,
     record_of,
     rows_of,
     write_summaries,
@@ -107,7 +107,7 @@ def run_table(
             done.add(key.resume_key())
             todo.append((item, key))
     skipped = len(inputs) - len(todo)
-    new_failures = [f for f in failures if (os.path.abspath(f.path), None, None) not in done]
+    new_failures = [f for f in failures if (location_text(f.path), None, None) not in done]
     writer = PartWriter(out)
     if new_failures:  # files that were never readable: rows of their own, written first
         failed = [(Input(f.path, PurePosixPath(f.path.name)), f) for f in new_failures]

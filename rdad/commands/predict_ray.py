@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from rdad.commands.predict_io import Input, read_file
 from rdad.commands.predict_table import TABLE, Key, ModelInfo, rows_of
+from rdad.commands.predict_uri import location_of
 from rdad.errors import CommandError
 
 INSTALL = "--engine ray needs Ray: pip install 'rdad[ray]'"
@@ -56,7 +57,7 @@ class ScoringActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         columns = {name: batch[name].to_pylist() for name in batch.column_names}
         items = [
-            Input(Path(p), PurePosixPath(k))
+            Input(location_of(p), PurePosixPath(k))
             for p, k in zip(columns["path"], columns["key"], strict=True)
         ]
         keys = [

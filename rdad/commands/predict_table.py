@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rdad.commands.predict_io import CSV_COLUMNS, PICTURES, Failure, Input
+from rdad.commands.predict_uri import Location, Uri, read, stat
 
 TABLE = "results.parquet"
 
@@ -38,7 +39,7 @@ def _field(name: str, kind: pa.DataType, doc: str, nullable: bool = True) -> pa.
 
 SCHEMA = pa.schema(
     [
-        _field("path", pa.string(), "the file, as an absolute path", nullable=False),
+        _field("path", pa.string(), "the file: absolute path, or URI as given", nullable=False),
         _field("size", pa.int64(), "bytes of the file when it was scored (null: missing)"),
         _field("mtime_ns", pa.int64(), "its modification time, ns since the epoch"),
         _field("sha256", pa.string(), "hex digest of its bytes (only with --resume-by hash)"),
@@ -91,9 +92,12 @@ class Key:
         return (self.path, self.size, self.mtime_ns)
 
 
-def file_sha256(path: Path) -> str | None:
+def file_sha256(path: Location) -> str | None:
+    """Hex digest of a local file's or a URI's bytes (None when they cannot be read)."""
     digest = hashlib.sha256()
     try:
+        if isinstance(path, Uri):
+            return hashlib.sha256(read(path)).hexdigest()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -102,14 +106,24 @@ def file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def key_of(path: Path, *, by_hash: bool) -> Key:
-    absolute = os.path.abspath(path)
+def location_text(path: Location) -> str:
+    """The table's ``path`` of a location: a local file's absolute path, or the URI as given."""
+    return path.text if isinstance(path, Uri) else os.path.abspath(path)
+
+
+def key_of(path: Location, *, by_hash: bool) -> Key:
+    """The resume key: size and mtime from the file's stat (or its URI's file info)."""
+    text = location_text(path)
     try:
-        stat = path.stat()
+        if isinstance(path, Uri):
+            size, mtime_ns = stat(path)
+        else:
+            info = path.stat()
+            size, mtime_ns = info.st_size, info.st_mtime_ns
     except OSError:
-        return Key(absolute, None, None, "" if by_hash else None)
+        return Key(text, None, None, "" if by_hash else None)
     digest = (file_sha256(path) or "") if by_hash else None
-    return Key(absolute, stat.st_size, stat.st_mtime_ns, digest)
+    return Key(text, size, mtime_ns, digest)
 
 
 def _picture_path(key: PurePosixPath, kind: str) -> PurePosixPath:

@@ -91,3 +91,24 @@ def test_without_ray_the_error_says_how_to_install_it(
     assert main(["predict", *args, "--engine", "ray"]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "pip install 'rdad[ray]'" in error
+
+
+def test_ray_reads_file_uris_from_a_manifest(
+    local_ray: None, model_dir: Path, synthetic_dir: Path, tmp_path: Path
+) -> None:
+    images = sorted((synthetic_dir / "test" / "good").iterdir())[:2]
+    manifest = tmp_path / "uris.txt"
+    manifest.write_text("".join(f"{p.as_uri()}\n" for p in images))
+    out = tmp_path / "out"
+    model = ["predict", "--model", str(model_dir / "tiny.onnx"), str(manifest)]
+    assert main([*model, "--out", str(tmp_path / "local"), "--no-images"]) in (0, 3)
+    assert main([*model, "--out", str(out), "--engine", "ray", "--actors", "1"]) in (0, 3)
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted(r["path"] for r in rows) == [p.as_uri() for p in images]
+    local = {
+        r["path"]: r["score"] for r in json.loads((tmp_path / "local/results.json").read_text())
+    }
+    assert all(abs(r["score"] - local[r["path"]]) < 1e-6 for r in rows)
+    assert all(
+        r["heatmap_png"].startswith("file/") and (out / r["heatmap_png"]).is_file() for r in rows
+    )
