@@ -9,6 +9,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,15 +116,15 @@ def tiled_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_tiled_checkpoint(tiled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiled resnet18 (random teacher, 1 epoch): 64-px tiles, 16 px overlap, mean stitching."""
+def train_tiny_tiled(data: Path, out: Path, **overrides: Any) -> Path:
+    """A tiled resnet18 (random teacher, 1 epoch): 64-px tiles, 16 px overlap, mean stitching;
+    ``overrides`` change TrainConfig fields (e.g. ``method``)."""
     from rdad.model.train import TrainConfig, train
 
-    settings = {**TINY_TRAIN, "image_size": TILED_TILE}
+    settings = {**TINY_TRAIN, "image_size": TILED_TILE, **overrides}
     cfg = TrainConfig(
-        data=str(tiled_data),
-        out=str(tmp_path_factory.mktemp("tiled-run")),
+        data=str(data),
+        out=str(out),
         epochs=1,
         tile_size=TILED_TILE,
         tile_overlap=16,
@@ -133,6 +134,11 @@ def tiny_tiled_checkpoint(tiled_data: Path, tmp_path_factory: pytest.TempPathFac
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiled_checkpoint(tiled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_tiled(tiled_data, tmp_path_factory.mktemp("tiled-run"))
 
 
 @pytest.fixture(scope="session")

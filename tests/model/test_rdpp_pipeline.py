@@ -162,21 +162,9 @@ def test_tiled_rdpp_trains_exports_and_scores_like_its_checkpoint(
 ) -> None:
     """Tiling is a data plan around the network: RD++ tiles (pseudo-anomalies on 64-px tiles),
     exports and stitches with no special case, the ONNX graph scoring as the checkpoint does."""
-    from tests.conftest import TILED_IMAGE, TILED_TILE
+    from tests.conftest import TILED_IMAGE, TILED_TILE, train_tiny_tiled
 
-    settings = {**TINY_TRAIN, "image_size": TILED_TILE, "method": "rd++"}
-    cfg = TrainConfig(
-        data=str(tiled_data),
-        out=str(tmp_path / "run"),
-        epochs=1,
-        tile_size=TILED_TILE,
-        tile_overlap=16,
-        device="cpu",
-        **{**settings, "teacher_weights": "random"},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        checkpoint = train(cfg, progress=False)
+    checkpoint = train_tiny_tiled(tiled_data, tmp_path / "run", method="rd++")
     graph = export_onnx(checkpoint, tmp_path / "tiled_rdpp.onnx")
     meta = read_onnx_metadata(graph)
     assert meta.tiling is not None and meta.tiling.tile_size == TILED_TILE
