@@ -84,18 +84,24 @@ class AnomalyMap(nn.Module):
         self.mode = mode
         self.sigma = sigma
         self._blur = blur_matrix(image_size, sigma)  # raises when image_size is too small
-        self._matrices: dict[int, torch.Tensor] = {}
+        self._matrices: dict[tuple[int | None, torch.device], torch.Tensor] = {}
 
-    def _matrix(self, n: int, device: torch.device) -> torch.Tensor:
-        """``(image_size, n)``: ``G A`` in sum mode (upsample, then blur), ``A`` in product mode."""
-        if n not in self._matrices:
+    def _matrix(self, n: int | None, device: torch.device) -> torch.Tensor:
+        """float32 on ``device``, built once per (size, device): ``(image_size, n)`` ``G A`` in
+        sum mode (upsample, then blur), ``A`` in product mode; ``n=None``: the blur ``G``."""
+        key = (n, device)
+        if key not in self._matrices:
             # Plain tensors even when first needed under inference_mode (evaluation before an
             # export that traces with autograd on).
             with torch.inference_mode(False):
-                upsample = interpolation_matrix(n, self.image_size)
-                folded = self._blur @ upsample if self.mode == "sum" else upsample
-                self._matrices[n] = folded.float()
-        return self._matrices[n].to(device)
+                if n is None:
+                    matrix = self._blur
+                else:
+                    matrix = interpolation_matrix(n, self.image_size)
+                    if self.mode == "sum":
+                        matrix = self._blur @ matrix
+                self._matrices[key] = matrix.float().to(device)
+        return self._matrices[key]
 
     @staticmethod
     def _both_axes(matrix_h: torch.Tensor, x: torch.Tensor, matrix_w: torch.Tensor) -> torch.Tensor:
@@ -120,9 +126,7 @@ class AnomalyMap(nn.Module):
                 total = total + scaled if self.mode == "sum" else total * scaled
         assert total is not None
         if self.mode == "product":  # the product is not linear: blur after it
-            with torch.inference_mode(False):
-                blur = self._blur.float()
-            blur = blur.to(total.device)
+            blur = self._matrix(None, total.device)
             total = self._both_axes(blur, total, blur)
         smoothed = total.squeeze(1)
         return smoothed, smoothed.flatten(1).amax(dim=1)
